@@ -137,6 +137,19 @@ class SequenceBuilder:
             self._ce_index.extend(positions[:-1])
             self._ce_labels.extend(full[1:])
 
+    def add_continuation(self, ids: list[int]) -> None:
+        """Tokens that continue the sample's open text block (incremental decoding): a causal
+        block of their own, without markers, no loss."""
+        sid = self._sid
+        block = self._new_block(BlockMode.CAUSAL)
+        for tid in ids:
+            self._push_text(tid, block, self._next_position[sid])
+            self._next_position[sid] += 1
+
+    def add_open_text(self, ids: list[int]) -> None:
+        """`<|im_start|>` ids, left open for the model to continue (the answer prompt)."""
+        self.add_continuation([self.special.im_start, *ids])
+
     def add_vit(self, embeds: torch.Tensor) -> None:
         """A ViT block: embeddings [n, H] (connector output + 2-D position) between markers."""
         self._add_image_block(BlockMode.FULL, "vit", embeds)
