@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from omnipersona.backbone import Backbone
+from omnipersona.data import ConceptData, EditExample
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Backbone:
+    return Backbone.from_preset("tiny", seed=0)
+
+
+def random_images(n: int, seed: int, size: int = 16) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, size, size, generator=g) * 2 - 1 for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def concept_data() -> ConceptData:
+    images = random_images(6, seed=1)
+    negatives = random_images(4, seed=2)
+    return ConceptData(
+        images=images,
+        facts=[("What is the home of {c}?", "the beach"), ("What is the toy of {c}?", "a red ball")],
+        negatives=negatives,
+        edits=[EditExample(images[0], "remove {c}", negatives[0])],
+    )
