@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL
 from torch import nn
-from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipVisionEmbeddings
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipVisionEmbeddings
 
 from .config import OmniConfig
 from .layers import (

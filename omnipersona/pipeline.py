@@ -154,7 +154,9 @@ class OmniPipeline:
         req = GenerateRequest(prompt, seed, sampler or SamplerConfig())
         return self.generate_batch([req], recaption)[0]
 
-    def edit(self, image: ImageLike, instruction: str, seed: int = 0, sampler: SamplerConfig | None = None) -> RenderResult:
+    def edit(
+        self, image: ImageLike, instruction: str, seed: int = 0, sampler: SamplerConfig | None = None
+    ) -> RenderResult:
         """Editing context: [VAE(source) clean, ViT(source), instruction] -> noised target."""
         system = self._system_blocks(instruction)
         source = self._image_blocks(image, vit=True, latent=True)

@@ -15,8 +15,7 @@ def random_images(n: int, seed: int, size: int = 16) -> list[torch.Tensor]:
     return [torch.rand(3, size, size, generator=g) * 2 - 1 for _ in range(n)]
 
 
-@pytest.fixture(scope="session")
-def concept_data() -> ConceptData:
+def concept_data_for_tests() -> ConceptData:
     images = random_images(6, seed=1)
     negatives = random_images(4, seed=2)
     return ConceptData(
@@ -25,3 +24,8 @@ def concept_data() -> ConceptData:
         negatives=negatives,
         edits=[EditExample(images[0], "remove {c}", negatives[0])],
     )
+
+
+@pytest.fixture(scope="session")
+def concept_data() -> ConceptData:
+    return concept_data_for_tests()
