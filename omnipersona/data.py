@@ -167,7 +167,7 @@ def pack_samples(
             x0 = encoded.latents[target]
             t = sample_train_timesteps(1, timestep_shift, generator)
             noise = torch.randn(x0.shape, generator=generator)
-            x_t, v = noisy_latents(x0, noise, t)
+            x_t, v = noisy_latents(x0, noise.to(x0.device), t.to(x0.device))
             kind = LossKind.GENERATION if s.kind == "generation" else LossKind.EDITING
             b.add_latent(x_t, encoded.latent_pos, t=float(t), target=v, kind=kind, noised=True)
         else:

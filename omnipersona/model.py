@@ -89,7 +89,8 @@ class OmniModel(nn.Module):
         vm = self.vit_model.vision_model
         p = self.config.vit_patch_size
         rows, cols = pixels.shape[-2] // p, pixels.shape[-1] // p
-        x = vm.embeddings.patch_embedding(pixels.to(vm.embeddings.patch_embedding.weight.dtype))
+        w = vm.embeddings.patch_embedding.weight
+        x = vm.embeddings.patch_embedding(pixels.to(w.device, w.dtype))
         x = x.flatten(2).transpose(1, 2)  # [B, n, vit_hidden]
         side = self.config.vit["image_size"] // p  # learned table is indexed row * side + col
         ids = (torch.arange(rows)[:, None] * side + torch.arange(cols)[None, :]).reshape(-1)
@@ -104,7 +105,7 @@ class OmniModel(nn.Module):
     def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, h, w] in [-1, 1] -> normalised latents [B, C, h/f, w/f] (distribution mode,
         then z' = (z - shift) * scale as in BAGEL's FLUX VAE)."""
-        z = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        z = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
         return (z - self.config.vae["shift_factor"]) * self.config.vae["scaling_factor"]
 
     @torch.no_grad()
@@ -164,10 +165,11 @@ class OmniModel(nn.Module):
         """Run the MoT. Returns final hidden states [L, H] (per-expert final norm applied) and
         this call's keys/values per layer. With `past`, `attn_mask` is [L, L_past + L]."""
         lm = self.language_model.model
+        seq = seq.to(lm.embed_tokens.weight.device)  # builders make CPU tensors
         hidden = self.embed(seq, concept_rows)
         index = ExpertIndex.from_mask(seq.is_gen)
         rope = lm.rotary_emb(hidden, seq.position_ids[None])
-        mask = seq.attn_mask if attn_mask is None else attn_mask
+        mask = seq.attn_mask if attn_mask is None else attn_mask.to(hidden.device)
         caches: KVCache = []
         for i, layer in enumerate(lm.layers):
             hidden, cache = layer(hidden, index, rope, mask, None if past is None else past[i])

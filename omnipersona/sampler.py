@@ -187,9 +187,10 @@ def sample_latents(runner: Runner, requests: list[ImageRequest], rows: int, cols
                 branches.append((r, role))
                 contexts.append(ctx)
 
+    # Noise from a CPU generator per request: the same seed gives the same image alone or batched.
     x = torch.stack([
         torch.randn(rows * cols, D, generator=torch.Generator().manual_seed(req.seed)) for req in requests
-    ])
+    ]).to(model.llm2vae.weight.device)
     past, positions = runner.prefill(contexts) if use_cache else (None, None)
     ts = inference_timesteps(num_steps, shift)
     for i in range(num_steps):
@@ -205,7 +206,7 @@ def sample_latents(runner: Runner, requests: list[ImageRequest], rows: int, cols
             lat_index.append(b.add_latent(x[r], pos, t=t, noised=True))
         seq = b.build()
         hidden, _ = runner.run(seq, past)
-        v_all = model.velocity(hidden[torch.tensor(lat_index).reshape(-1)]).reshape(len(branches), -1, D)
+        v_all = model.velocity(hidden[torch.tensor(lat_index, device=hidden.device).reshape(-1)]).reshape(len(branches), -1, D)
         per_req: dict[int, dict[int, torch.Tensor]] = {}
         for k, (r, role) in enumerate(branches):
             per_req.setdefault(r, {})[role] = v_all[k]

@@ -15,7 +15,7 @@ next token takes the next position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
 import torch
@@ -69,6 +69,13 @@ class PackedSequence:
     mse_target: torch.Tensor  # [N_mse, D] velocity target (noise - x0)
     mse_kind: torch.Tensor  # [N_mse] LossKind
     next_position: list[int] = field(default_factory=list)  # per sample, the next free RoPE position
+
+    def to(self, device: torch.device | str) -> PackedSequence:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in moved.items():
+            if torch.is_tensor(v):
+                moved[k] = v.to(device)
+        return PackedSequence(**moved)
 
 
 class SequenceBuilder:
