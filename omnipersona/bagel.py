@@ -14,8 +14,8 @@ The folder layout is BAGEL's own:
   is turned back into our Conv2d `[E, C, p, p]`. RoPE `inv_freq` buffers and SigLIP's
   `position_ids` buffer, if present, are discarded (ours are computed).
 - `ae.safetensors` -- the FLUX autoencoder in the original (LDM-style) key names, converted
-  with diffusers' `convert_ldm_vae_checkpoint` (one key at a time, so that every source key is
-  accounted for) into `model.vae` (diffusers `AutoencoderKL`).
+  with diffusers' `convert_ldm_vae_checkpoint` (one module's weight and bias at a time, so that
+  every source key is accounted for) into `model.vae` (diffusers `AutoencoderKL`).
 - Qwen2 tokenizer files (`tokenizer_config.json` plus `tokenizer.json` or `vocab.json` +
   `merges.txt`), read with `AutoTokenizer`; it must know `<|im_start|>`, `<|im_end|>`,
   `<|vision_start|>` and `<|vision_end|>`.
@@ -377,24 +377,36 @@ def _linear_to_conv(w: torch.Tensor, config: OmniConfig, path: Path) -> torch.Te
 def _translate_ae(
     ae: dict[str, torch.Tensor], vae_config: dict[str, Any], path: Path
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """LDM/FLUX autoencoder names -> `vae.` + diffusers names, key by key so that a key the
-    converter does not know is reported rather than silently dropped."""
+    """LDM/FLUX autoencoder names -> `vae.` + diffusers names. The converter runs on one
+    module's tensors at a time (its weight and bias: it reads up/downsample pairs together), so
+    that a key it does not know is reported rather than silently dropped."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in ae.items():
+        groups.setdefault(key.rsplit(".", 1)[0], {})[key] = t
     state: dict[str, torch.Tensor] = {}
     sources: dict[str, str] = {}
     unknown: list[str] = []
-    for key, t in ae.items():
-        converted = convert_ldm_vae_checkpoint({key: t}, vae_config)
-        if len(converted) != 1:
-            unknown.append(key)
+    for group in groups.values():
+        try:
+            converted = convert_ldm_vae_checkpoint(group, vae_config)
+        except KeyError as exc:  # e.g. an upsample conv's weight without its bias
+            raise BackboneError(f"{path} does not match its configs: missing keys: {exc.args[0]}") from exc
+        converted = {k: v for k, v in converted.items() if v is not None}  # a partner it did not find
+        if len(converted) != len(group):
+            unknown.extend(group)
             continue
-        ((new_key, new_t),) = converted.items()
-        new_key = "vae." + new_key
-        if new_key in state:
-            raise BackboneError(f"{path}: {sources[new_key]} and {key} both map to {new_key}")
-        state[new_key] = new_t.contiguous()
-        sources[new_key] = key
+        by_leaf = {k.rsplit(".", 1)[1]: k for k in group}  # a group's keys differ in the leaf only
+        for new_key, new_t in converted.items():
+            key = by_leaf.get(new_key.rsplit(".", 1)[1])
+            if key is None:
+                raise BackboneError(f"{path}: cannot tell which of {sorted(group)} became {new_key}")
+            new_key = "vae." + new_key
+            if new_key in state:
+                raise BackboneError(f"{path}: {sources[new_key]} and {key} both map to {new_key}")
+            state[new_key] = new_t.contiguous()
+            sources[new_key] = key
     if unknown:
         raise BackboneError(f"{path}: unexpected keys (not LDM autoencoder weights): {_names(unknown)}")
     return state, sources
