@@ -78,8 +78,7 @@ class OmniModel(nn.Module):
         self.llm2vae = nn.Linear(H, config.latent_token_dim)
         self.time_embedder = TimestepEmbedder(H, config.timestep_embed_dim)
         self.latent_pos_embed = PositionEmbedding2D(config.max_latent_size, H)
-        vae_kwargs = {k: v for k, v in config.vae.items()}
-        self.vae = AutoencoderKL(**vae_kwargs)
+        self.vae = AutoencoderKL(**config.vae)
 
     # -- frozen encoders ------------------------------------------------------------------------
     @torch.no_grad()

@@ -171,5 +171,3 @@ class OmniPipeline:
         image_out = self._decode(sample_latents(self.runner, [req], side, side))[0]
         return RenderResult(image_out, instruction, None, seed)
 
-
-__all__ = ["OmniPipeline", "GenerateRequest", "RenderResult", "ANSWER_PREFIX"]

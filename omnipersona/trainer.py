@@ -121,10 +121,13 @@ def load_checkpoint(folder: Path, concept: ConceptTokens, optimizer: torch.optim
     return meta["step"], meta["history"]
 
 
-def latest_step(folder: Path | None) -> int:
-    if folder is None or not (Path(folder) / LATEST).is_file():
+def latest_step(folder: str | Path | None) -> int:
+    """The step of the published checkpoint in `folder`, 0 if there is none."""
+    marker = Path(folder) / LATEST if folder is not None else None
+    if marker is None or not marker.is_file():
         return 0
-    return json.loads((Path(folder) / (Path(folder) / LATEST).read_text().strip() / "meta.json").read_text())["step"]
+    meta = json.loads((marker.parent / marker.read_text().strip() / "meta.json").read_text())
+    return meta["step"]
 
 
 # -- backends -----------------------------------------------------------------------------------
