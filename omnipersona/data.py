@@ -45,7 +45,7 @@ def load_image(image: ImageLike, size: int) -> torch.Tensor:
 
 def to_pil(pixels: torch.Tensor) -> Image.Image:
     """[3, h, w] in [-1, 1] -> PIL image."""
-    arr = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    arr = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     return Image.fromarray(arr)
 
 

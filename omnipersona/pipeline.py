@@ -54,7 +54,7 @@ class OmniPipeline:
 
     # -- concepts -------------------------------------------------------------------------------
     def add_concept(self, concept: ConceptTokens) -> None:
-        self.bank.add(concept)
+        self.bank.add(concept.to(next(self.model.parameters()).device))
 
     def load_concept(self, folder: str | Path) -> ConceptTokens:
         concept = load_concept(folder, self.backbone.fingerprint())

@@ -70,8 +70,8 @@ class ConceptTokens(nn.Module):
         base = embed_table[token_ids].float().mean(0)
         head = head_table[token_ids].float().mean(0)
         scale = embed_table.float().std().item()
-        noise = torch.randn(self.embeddings.shape, generator=g) * scale * 0.1
-        self.embeddings.copy_(base[None] + noise)
+        noise = torch.randn(self.embeddings.shape, generator=g).to(base.device) * scale * 0.1
+        self.embeddings.copy_(base[None] + noise)  # copy_ also moves rows to this module's device
         self.head_rows.copy_(head[None].expand_as(self.head_rows))
 
 

@@ -220,6 +220,7 @@ def train_concept(
     concept = new_concept(backbone, name, recipe)
     if init is not None:
         concept.load_state_dict(init.state_dict())
+    concept.to(next(model.parameters()).device)
     bank = backbone.new_bank()
     bank.add(concept)
     special = backbone.special_ids

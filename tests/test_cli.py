@@ -191,23 +191,46 @@ def _bad_inputs(root: Path, trained: Path) -> dict[str, list[str]]:
     }
 
 
-BAD_CASES = [
-    "missing_folder", "folder_without_images", "truncated_png", "not_an_image", "missing_negatives",
-    "bad_concept_name", "unknown_backbone_train", "missing_facts", "facts_not_json", "facts_not_list",
-    "facts_bad_item", "facts_bad_type", "unknown_backbone_ask", "missing_backbone_folder",
-    "concept_other_backbone", "concept_other_backbone_gen", "missing_concept", "not_a_concept",
-    "ask_missing_image", "ask_corrupt_image", "unknown_concept_generate", "unknown_concept_no_recaption",
-    "unknown_concept_edit", "edit_corrupt_image", "info_missing_concept", "info_unknown_backbone",
-]
+# case -> words the error line must contain (so each case fails for the reason it is meant to)
+BAD_CASES = {
+    "missing_folder": "does not exist",
+    "folder_without_images": "holds no images",
+    "truncated_png": "truncated",
+    "not_an_image": "cannot identify image",
+    "missing_negatives": "does not exist",
+    "bad_concept_name": "concept name",
+    "unknown_backbone_train": "unknown backbone 'nope'",
+    "missing_facts": "does not exist",
+    "facts_not_json": "cannot read facts",
+    "facts_not_list": "JSON list",
+    "facts_bad_item": "item 0",
+    "facts_bad_type": "non-empty strings",
+    "unknown_backbone_ask": "unknown backbone 'nope'",
+    "missing_backbone_folder": "not a backbone folder",
+    "concept_other_backbone": "was trained on backbone",
+    "concept_other_backbone_gen": "was trained on backbone",
+    "missing_concept": "does not exist",
+    "not_a_concept": "not a concept checkpoint",
+    "ask_missing_image": "does not exist",
+    "ask_corrupt_image": "truncated",
+    "unknown_concept_generate": "unknown concept <bob>",
+    "unknown_concept_no_recaption": "unknown concept <bob>",
+    "unknown_concept_edit": "unknown concept <bob>",
+    "edit_corrupt_image": "cannot identify image",
+    "info_missing_concept": "does not exist",
+    "info_unknown_backbone": "unknown backbone 'nope'",
+}
 
 
-@pytest.mark.parametrize("case", BAD_CASES)
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
 def test_bad_input_exits_2_with_one_error_line(case, trained, tmp_path, capsys):
-    argv = _bad_inputs(tmp_path, trained)[case]
+    cases = _bad_inputs(tmp_path, trained)
+    assert set(cases) == set(BAD_CASES)
+    argv = cases[case]
     capsys.readouterr()
     assert main(argv) == 2
     captured = capsys.readouterr()
-    error_line(captured.err)
+    assert BAD_CASES[case] in error_line(captured.err)
     assert captured.out == ""
     assert not (tmp_path / "out").exists()  # nothing written: no concept, checkpoint or PNG
 
@@ -227,6 +250,7 @@ def test_usage_errors_exit_2(capsys):
     assert main(["--help"]) == 0
 
 
+@pytest.mark.slow  # two interpreter start-ups with torch + transformers imports: ~20 s
 def test_module_entry_point_subprocess(tmp_path):
     start = time.monotonic()
     ok = subprocess.run([sys.executable, "-m", "omnipersona", "info", "--backbone", "tiny"],
