@@ -277,6 +277,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import EXAMPLE, run_demo
+
+    photos = load_image_folder(EXAMPLE / "photos")
+    facts = read_facts(EXAMPLE / "facts.json")
+    backbone = load_backbone(args.backbone)
+    summary = run_demo(args.out, photos, facts, backbone=backbone, steps=args.steps, sample_steps=args.sample_steps)
+    print(json.dumps(summary, indent=2))
+    print(f"outputs: {summary['generate']['image']}, {summary['edit']['image']}, concept {summary['concept']}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Personalized concept tokens on a BAGEL-style MoT.")
@@ -332,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
     p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("demo", help="the main job: train the bundled example concept, then ask, generate, edit")
+    p.add_argument("--out", default="outputs/demo", metavar="DIR")
+    p.add_argument("--backbone", default="toy", metavar="SPEC")
+    p.add_argument("--steps", type=positive_int, default=100, help="training steps (default 100)")
+    p.add_argument("--sample-steps", type=positive_int, default=20, help="flow steps per image (default 20)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="backbone (and concept) facts as JSON")
     common(p, concepts="?")

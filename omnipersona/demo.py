@@ -10,43 +10,24 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .artifacts import save_concept
-from .backbone import load_backbone
-from .data import ConceptData
+from .backbone import Backbone
+from .data import ConceptData, ImageLike
 from .pipeline import OmniPipeline
 from .sampler import SamplerConfig
 from .trainer import TrainRecipe, train_concept
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "maeve"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_facts(path: Path) -> list[tuple[str, str]]:
-    """`[[question, answer], ...]` or `[{"question": ..., "answer": ...}, ...]`."""
-    raw = json.loads(path.read_text())
-    if not isinstance(raw, list):
-        raise ValueError(f"{path}: facts must be a JSON list")
-    facts = []
-    for i, item in enumerate(raw):
-        if isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("answer"), str):
-            facts.append((item["question"], item["answer"]))
-        elif isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
-            facts.append((item[0], item[1]))
-        else:
-            raise ValueError(f"{path}: fact {i} must be [question, answer] or {{question, answer}}")
-    return facts
-
-
-def run_demo(out: str | Path, backbone: str = "toy", steps: int = 100, sample_steps: int = 20) -> dict:
+def run_demo(out: str | Path, photos: list[ImageLike], facts: list[tuple[str, str]], backbone: Backbone,
+             steps: int = 100, sample_steps: int = 20) -> dict:
+    """Train <maeve> on `photos` + `facts`, then ask, generate and edit; writes the PNGs, the
+    concept checkpoint and summary.json under `out`, and returns the summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    bb = load_backbone(backbone)
-    photos = list_images(EXAMPLE / "photos")
-    data = ConceptData(images=photos, facts=read_facts(EXAMPLE / "facts.json"))
+    bb = backbone
+    data = ConceptData(images=photos, facts=facts)
     bar = tqdm(total=steps, desc="train <maeve>", unit="step")
 
     def progress(step: int, total: int, parts: dict[str, float]) -> None:
@@ -66,7 +47,7 @@ def run_demo(out: str | Path, backbone: str = "toy", steps: int = 100, sample_st
     edit = pipe.edit(photos[0], "remove <maeve>", seed=0, sampler=SamplerConfig.for_editing(num_steps=sample_steps))
     edit.image.save(out / "edit.png")
     summary = {
-        "backbone": backbone,
+        "backbone": bb.config.name,
         "concept": str(concept_dir),
         "train_seconds": round(result.seconds, 1),
         "metrics": result.metrics,

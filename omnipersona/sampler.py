@@ -206,7 +206,8 @@ def sample_latents(runner: Runner, requests: list[ImageRequest], rows: int, cols
             lat_index.append(b.add_latent(x[r], pos, t=t, noised=True))
         seq = b.build()
         hidden, _ = runner.run(seq, past)
-        v_all = model.velocity(hidden[torch.tensor(lat_index, device=hidden.device).reshape(-1)]).reshape(len(branches), -1, D)
+        index = torch.tensor(lat_index, device=hidden.device).reshape(-1)
+        v_all = model.velocity(hidden[index]).reshape(len(branches), -1, D)
         per_req: dict[int, dict[int, torch.Tensor]] = {}
         for k, (r, role) in enumerate(branches):
             per_req.setdefault(r, {})[role] = v_all[k]
