@@ -134,6 +134,63 @@ def new_builder(model: OmniModel, bank: ConceptBank, special: SpecialIds) -> Seq
     return SequenceBuilder(special, model.config.hidden_size, model.config.latent_token_dim, bank.gen_token_ids())
 
 
+@dataclass
+class Segment:
+    """One block of a training sample: `text` (context), `answer` (CE target), `vit` or `latent`
+    (clean conditioning of image `image`), `target` (noised latent of `image`, flow loss)."""
+
+    kind: str
+    text: str = ""
+    image: int = -1
+    loss: LossKind = LossKind.GENERATION
+
+
+def sample_segments(s: Sample) -> list[Segment]:
+    """The block layout of each concept sample kind (editing: source VAE + ViT, instruction, target)."""
+    if s.kind in ("recognition", "caption"):
+        return [Segment("vit", image=s.image), Segment("text", s.question), Segment("answer", s.answer)]
+    if s.kind == "qa":
+        return [Segment("text", s.question), Segment("answer", s.answer)]
+    if s.kind == "generation":
+        return [Segment("text", s.question), Segment("target", image=s.image)]
+    if s.kind == "editing":
+        return [Segment("latent", image=s.source), Segment("vit", image=s.source), Segment("text", s.question),
+                Segment("target", image=s.target, loss=LossKind.EDITING)]
+    raise ValueError(f"unknown sample kind {s.kind!r}")
+
+
+def pack_segments(
+    model: OmniModel,
+    bank: ConceptBank,
+    special: SpecialIds,
+    samples: list[list[Segment]],
+    encoded: EncodedImages,
+    generator: torch.Generator,
+    timestep_shift: float,
+) -> PackedSequence:
+    """Packs samples given as segment lists. Timesteps and noise come from `generator`, so a
+    seeded run is reproducible and resumable."""
+    b = new_builder(model, bank, special)
+    for segments in samples:
+        b.start_sample()
+        for seg in segments:
+            if seg.kind in ("text", "answer"):
+                b.add_text(bank.encode(seg.text), loss=seg.kind == "answer")
+            elif seg.kind == "vit":
+                b.add_vit(encoded.vit[seg.image])
+            elif seg.kind == "latent":
+                b.add_latent(encoded.latents[seg.image], encoded.latent_pos)  # clean, t = 0
+            elif seg.kind == "target":
+                x0 = encoded.latents[seg.image]
+                t = sample_train_timesteps(1, timestep_shift, generator)
+                noise = torch.randn(x0.shape, generator=generator)
+                x_t, v = noisy_latents(x0, noise.to(x0.device), t.to(x0.device))
+                b.add_latent(x_t, encoded.latent_pos, t=float(t), target=v, kind=seg.loss, noised=True)
+            else:
+                raise ValueError(f"unknown segment kind {seg.kind!r}")
+    return b.build()
+
+
 def pack_samples(
     model: OmniModel,
     bank: ConceptBank,
@@ -144,32 +201,7 @@ def pack_samples(
     generator: torch.Generator,
     timestep_shift: float,
 ) -> PackedSequence:
-    """Packs training samples; each starts with its concepts' system prompts. Timesteps and
-    noise come from `generator`, so a seeded run is reproducible and resumable."""
-    b = new_builder(model, bank, special)
-    for s in samples:
-        b.start_sample()
-        for c in concepts:
-            b.add_text(bank.encode(c.system_prompt()))
-        if s.kind in ("recognition", "caption"):
-            b.add_vit(encoded.vit[s.image])
-            b.add_text(bank.encode(s.question))
-            b.add_text(bank.encode(s.answer), loss=True)
-        elif s.kind == "qa":
-            b.add_text(bank.encode(s.question))
-            b.add_text(bank.encode(s.answer), loss=True)
-        elif s.kind in ("generation", "editing"):
-            target = s.image if s.kind == "generation" else s.target
-            if s.kind == "editing":
-                b.add_latent(encoded.latents[s.source], encoded.latent_pos)  # clean source, t = 0
-                b.add_vit(encoded.vit[s.source])
-            b.add_text(bank.encode(s.question))
-            x0 = encoded.latents[target]
-            t = sample_train_timesteps(1, timestep_shift, generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            x_t, v = noisy_latents(x0, noise.to(x0.device), t.to(x0.device))
-            kind = LossKind.GENERATION if s.kind == "generation" else LossKind.EDITING
-            b.add_latent(x_t, encoded.latent_pos, t=float(t), target=v, kind=kind, noised=True)
-        else:
-            raise ValueError(f"unknown sample kind {s.kind!r}")
-    return b.build()
+    """Packs concept samples; each starts with its concepts' system prompts."""
+    prefix = [Segment("text", c.system_prompt()) for c in concepts]
+    return pack_segments(model, bank, special, [prefix + sample_segments(s) for s in samples], encoded,
+                         generator, timestep_shift)

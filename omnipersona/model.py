@@ -81,10 +81,10 @@ class OmniModel(nn.Module):
         self.vae = AutoencoderKL(**config.vae)
 
     # -- frozen encoders ------------------------------------------------------------------------
-    @torch.no_grad()
     def vit_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, h, w] in [-1, 1] -> ViT tokens at LLM width [B, n, H] (connector +
-        2-D position embedding added), as BAGEL feeds them to the LLM."""
+        2-D position embedding added), as BAGEL feeds them to the LLM. Differentiable, so the toy
+        backbone's pretraining can train the ViT; concept training calls it under no_grad."""
         vm = self.vit_model.vision_model
         p = self.config.vit_patch_size
         rows, cols = pixels.shape[-2] // p, pixels.shape[-1] // p
