@@ -289,6 +289,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_toy(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .toyworld.pretrain import PretrainConfig, pretrain_toy
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = PretrainConfig(seed=args.seed)
+    cfg.steps = args.steps or cfg.steps
+    cfg.vae_steps = args.vae_steps or cfg.vae_steps
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, step: int, total: int, parts: dict[str, float]) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=f"pretrain {stage}", unit="step", mininterval=5)
+        bar = bars[stage]
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+
+    report = pretrain_toy(args.out, cfg, minutes=args.minutes, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Personalized concept tokens on a BAGEL-style MoT.")
@@ -351,6 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=100, help="training steps (default 100)")
     p.add_argument("--sample-steps", type=positive_int, default=20, help="flow steps per image (default 20)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pretrain-toy", help="pretrain the toy backbone on the toy world (long: run in background)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--minutes", type=float, default=90.0, help="time budget (default 90)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int, help="backbone steps (default: PretrainConfig's)")
+    p.add_argument("--vae-steps", type=positive_int, help="VAE steps (default: PretrainConfig's)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_pretrain_toy)
 
     p = sub.add_parser("info", help="backbone (and concept) facts as JSON")
     common(p, concepts="?")

@@ -1,0 +1,281 @@
+"""Pretraining the `toy` backbone on the toy world, on a CPU.
+
+Stage 1 trains the small VAE (reconstruction + a light KL) on rendered scenes and sets the latent
+shift/scale so that latents are about unit variance. Stage 2 freezes the VAE and trains every
+other weight of the MoT on a mix of world tasks, drawn fresh every step:
+
+- caption / vqa: ViT(image) + question -> answer (understanding expert, CE);
+- t2i: caption -> noised latents of the image (generation expert, flow MSE);
+- edit: clean VAE + ViT of the source + instruction -> noised target (flow MSE);
+- recaption: the three text tasks of explicit knowledge recaptioning (CE);
+- naming: in-context definitions ("n5 is a large red dotted star ; its home is the beach .")
+  then a recognition / fact / attribute question, or "a photo of n5" -> image: the slot that
+  learned concept tokens later imitate.
+
+Everything is seeded; the loop reports (stage, step, total, loss parts) through `progress`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backbone import Backbone
+from ..config import get_config
+from ..data import EncodedImages, Segment, load_image, pack_segments
+from ..losses import LossWeights, joint_loss
+from ..model import OmniModel
+from ..sequence import LossKind
+from . import tasks
+from .language import build_toy_tokenizer
+from .world import random_scene, render
+
+ProgressFn = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    image_size: int = 32
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    timestep_shift: float = 1.0
+    # Relative frequency of each task in a batch; naming is weighted up (DESIGN: recognition of
+    # concept tokens hooks into it).
+    mix: dict[str, float] = field(default_factory=lambda: {
+        "caption": 1.0, "vqa": 3.0, "t2i": 2.0, "edit": 1.5, "recaption": 1.0, "naming": 3.0})
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+
+
+def new_toy_backbone(seed: int = 0) -> Backbone:
+    """Random `toy` weights with the world's tokenizer."""
+    tokenizer = build_toy_tokenizer()
+    config = get_config("toy", vocab_size=len(tokenizer))
+    torch.manual_seed(seed)
+    return Backbone(config, OmniModel(config), tokenizer)
+
+
+def _pixels(images: list, size: int) -> torch.Tensor:
+    return torch.stack([load_image(im, size) for im in images])
+
+
+def _lr(step: int, cfg: PretrainConfig, base: float, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < cfg.warmup:
+        return base * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# -- stage 1: the VAE -----------------------------------------------------------------------------
+def pretrain_vae(backbone: Backbone, cfg: PretrainConfig, progress: ProgressFn | None = None) -> list[dict]:
+    vae = backbone.model.vae
+    vae.requires_grad_(True).train()
+    rng = np.random.default_rng(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    history = []
+    for step in range(cfg.vae_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg, cfg.vae_lr, cfg.vae_steps)
+        x = _pixels([render(random_scene(rng), cfg.image_size, seed=int(rng.integers(1 << 30)))
+                     for _ in range(cfg.vae_batch)], cfg.image_size)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        mse = F.mse_loss(rec, x)
+        kl = posterior.kl().mean()
+        loss = mse + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+        opt.step()
+        parts = {"mse": mse.item(), "kl": kl.item()}
+        history.append(parts)
+        if progress:
+            progress("vae", step + 1, cfg.vae_steps, parts)
+    vae.requires_grad_(False).eval()
+    # Latent statistics -> shift and scale so the flow sees unit-variance latents.
+    with torch.no_grad():
+        x = _pixels([render(random_scene(rng), cfg.image_size, seed=i) for i in range(256)], cfg.image_size)
+        z = vae.encode(x).latent_dist.mode()
+    backbone.config.vae["shift_factor"] = float(z.mean())
+    backbone.config.vae["scaling_factor"] = float(1.0 / z.std())
+    backbone._fingerprint = None
+    return history
+
+
+# -- stage 2: the MoT -----------------------------------------------------------------------------
+@dataclass
+class WorldSample:
+    segments: list[Segment]
+    images: list  # PIL images the segments index (local indices)
+    task: str
+
+
+def _text_task(t: tasks.TextTask) -> list[Segment]:
+    return [Segment("text", c) for c in t.context] + [Segment("answer", t.target)]
+
+
+def make_sample(task: str, rng: np.random.Generator, size: int) -> WorldSample:
+    seed = int(rng.integers(1 << 30))
+    if task in ("caption", "vqa", "t2i"):
+        scene = random_scene(rng)
+        img = render(scene, size, seed=seed)
+        if task == "caption":
+            segs = [Segment("vit", image=0), Segment("text", tasks.CAPTION_QUESTION),
+                    Segment("answer", tasks.caption(scene))]
+        elif task == "vqa":
+            ex = tasks.vqa(scene, rng)
+            segs = [Segment("vit", image=0), Segment("text", ex.question), Segment("answer", ex.answer)]
+        else:
+            segs = [Segment("text", tasks.caption(scene)), Segment("target", image=0)]
+        return WorldSample(segs, [img], task)
+    if task == "edit":
+        ex = tasks.edit(random_scene(rng), rng)
+        src, tgt = render(ex.source, size, seed=seed), render(ex.target, size, seed=seed)
+        segs = [Segment("latent", image=0), Segment("vit", image=0), Segment("text", ex.instruction),
+                Segment("target", image=1, loss=LossKind.EDITING)]
+        return WorldSample(segs, [src, tgt], task)
+    if task == "recaption":
+        ex = tasks.recaption_example(tasks.random_concept(rng), rng, name=tasks.NAMES[int(rng.integers(10))])
+        stage = ex.stages()[int(rng.integers(3))]
+        return WorldSample(_text_task(stage), [], task)
+    if task == "naming":
+        if rng.random() < 0.25:  # "a photo of n5" with n5 defined in context -> its image
+            concept = tasks.random_concept(rng)
+            name = tasks.NAMES[int(rng.integers(10))]
+            scene = tasks.concept_scene(concept, rng)
+            segs = [Segment("text", tasks.definition(concept, name)),
+                    Segment("text", tasks.GENERATION_PROMPT.format(c=name)), Segment("target", image=0)]
+            return WorldSample(segs, [render(scene, size, seed=seed)], task)
+        ex = tasks.naming_example(rng, n_defs=int(rng.integers(1, 3)))
+        segs = [Segment("text", d) for d in ex.definitions]
+        images = []
+        if ex.scene is not None:
+            segs.append(Segment("vit", image=0))
+            images.append(render(ex.scene, size, seed=seed))
+        segs += [Segment("text", ex.question), Segment("answer", ex.answer)]
+        return WorldSample(segs, images, task)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def pack_world_batch(backbone: Backbone, samples: list[WorldSample], generator: torch.Generator,
+                     timestep_shift: float, image_size: int):
+    """Renders -> frozen VAE latents and (differentiable) ViT tokens -> one packed sequence."""
+    model = backbone.model
+    images, offsets = [], []
+    for s in samples:
+        offsets.append(len(images))
+        images += s.images
+    segments = [[Segment(g.kind, g.text, g.image + off if g.image >= 0 else -1, g.loss) for g in s.segments]
+                for s, off in zip(samples, offsets, strict=True)]
+    if images:
+        pixels = _pixels(images, image_size)
+        vit = model.vit_tokens(pixels)
+        with torch.no_grad():
+            lat = model.patchify(model.encode_latents(pixels))
+        f = model.config.vae_downsample * model.config.latent_patch_size
+        encoded = EncodedImages(vit, lat, model.latent_position_ids(image_size // f, image_size // f))
+    else:
+        encoded = EncodedImages(torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    bank = backbone.new_bank()
+    return pack_segments(model, bank, backbone.special_ids, segments, encoded, generator, timestep_shift)
+
+
+def trainable_parameters(model: OmniModel) -> list[torch.nn.Parameter]:
+    """Everything but the VAE and the fixed sin-cos tables."""
+    return [p for n, p in model.named_parameters() if not n.startswith("vae.") and "pos_embed.pos_embed" not in n]
+
+
+def pretrain_backbone(backbone: Backbone, cfg: PretrainConfig, progress: ProgressFn | None = None,
+                      deadline: float | None = None) -> list[dict]:
+    """Stage 2. Stops early (keeping what it learned) at `deadline` (time.monotonic())."""
+    model = backbone.model
+    params = trainable_parameters(model)
+    for p in params:
+        p.requires_grad_(True)
+    model.train()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed + 1)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    names = list(cfg.mix)
+    weights = np.array([cfg.mix[n] for n in names], dtype=np.float64)
+    weights /= weights.sum()
+    history = []
+    for step in range(cfg.steps):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg, cfg.lr, cfg.steps)
+        picked = rng.choice(len(names), size=cfg.batch_size, p=weights)
+        samples = [make_sample(names[i], rng, cfg.image_size) for i in picked]
+        seq = pack_world_batch(backbone, samples, g, cfg.timestep_shift, cfg.image_size)
+        loss, parts = joint_loss(model, seq, None, None, cfg.loss_weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        history.append(parts)
+        if progress:
+            progress("backbone", step + 1, cfg.steps, parts)
+    for p in model.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    model.eval()
+    backbone._fingerprint = None
+    return history
+
+
+def pretrain_toy(out: str | Path, cfg: PretrainConfig | None = None, minutes: float = 90.0,
+                 progress: ProgressFn | None = None) -> dict:
+    """Both stages within `minutes` (stage 2 stops early at the deadline); saves the backbone,
+    `losses.jsonl` and `pretrain.json` (config, time, final losses) under `out`."""
+    cfg = cfg or PretrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    backbone = new_toy_backbone(cfg.seed)
+    vae_hist = pretrain_vae(backbone, cfg, progress)
+    vae_seconds = time.monotonic() - start
+    mot_hist = pretrain_backbone(backbone, cfg, progress, deadline=start + minutes * 60)
+    seconds = time.monotonic() - start
+    backbone.save(out)
+    with open(out / "losses.jsonl", "w") as f:
+        for i, h in enumerate(vae_hist):
+            f.write(json.dumps({"stage": "vae", "step": i + 1, **h}) + "\n")
+        for i, h in enumerate(mot_hist):
+            f.write(json.dumps({"stage": "backbone", "step": i + 1, **h}) + "\n")
+
+    def tail(hist: list[dict]) -> dict:
+        last = hist[-50:]
+        return {k: sum(h[k] for h in last) / len(last) for k in last[0]} if last else {}
+
+    report = {
+        "config": asdict(cfg),
+        "vae_seconds": round(vae_seconds, 1),
+        "seconds": round(seconds, 1),
+        "backbone_steps": len(mot_hist),
+        "final_vae_losses": tail(vae_hist),
+        "final_backbone_losses": tail(mot_hist),
+        "fingerprint": backbone.fingerprint(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / "pretrain.json").write_text(json.dumps(report, indent=2))
+    return report
