@@ -93,10 +93,18 @@ class Backbone:
 
 
 def load_backbone(spec: str | Path, seed: int = 0) -> Backbone:
-    """A preset name (`tiny`, `toy`) or a folder (ours or BAGEL's layout)."""
+    """`toy` (the committed backbone pretrained on the toy world), `tiny` (random weights, for
+    tests), or a folder (ours or BAGEL's layout)."""
     path = Path(spec)
     if path.is_dir():
         return Backbone.load(path)
-    if str(spec) in ("tiny", "toy"):
+    if str(spec) == "toy":
+        from .toyworld import TOY_BACKBONE_DIR
+
+        if not TOY_BACKBONE_DIR.is_dir():
+            raise BackboneError(f"the toy backbone is missing from {TOY_BACKBONE_DIR}; "
+                                "make it with `omnipersona pretrain-toy --out` that folder")
+        return Backbone.load(TOY_BACKBONE_DIR)
+    if str(spec) == "tiny":
         return Backbone.from_preset(str(spec), seed=seed)
     raise BackboneError(f"unknown backbone {str(spec)!r}: not a folder and not one of tiny, toy")

@@ -314,6 +314,62 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_recogniser(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .toyworld.recogniser import save_recogniser, train_recogniser
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tqdm(total=args.steps, desc="recogniser", unit="step", mininterval=5) as bar:
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}")
+
+        model, report = train_recogniser(args.steps, seed=args.seed, progress=progress)
+    save_recogniser(model, report, args.out)
+    print(json.dumps({"seconds": report.seconds, "accuracy": report.accuracy, "passes": report.passes}, indent=2))
+    return 0 if report.passes else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import ROWS, markdown_table, run_bench, write_report
+    from .toyworld import RECOGNISER_DIR
+    from .toyworld.recogniser import load_recogniser
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = ROWS
+    if args.rows:
+        known = {r.name: r for r in ROWS}
+        unknown = [r for r in args.rows if r not in known]
+        if unknown:
+            raise CliError(f"unknown row(s) {unknown}; known: {', '.join(known)}")
+        rows = tuple(known[r] for r in args.rows)
+    backbone = load_backbone(args.backbone)
+    try:
+        recogniser, report = load_recogniser(args.recogniser or RECOGNISER_DIR)
+    except FileNotFoundError as e:
+        raise CliError(f"no recogniser at {e.filename}; train one with `omnipersona train-recogniser`") from e
+    if not report.passes:
+        raise CliError(f"the recogniser's accuracy {report.accuracy} is under 98%: it may not judge images")
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = run_bench(backbone, recogniser, seed=args.seed, n_concepts=args.concepts, steps=args.steps,
+                       rows=rows, sample_steps=args.sample_steps, log=log)
+    paths = write_report(result, args.out)
+    print(markdown_table(result))
+    print(f"\nseed {args.seed}, {args.concepts} concepts, {args.steps} steps per concept; "
+          f"{result.seconds:.0f} s in all; " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Personalized concept tokens on a BAGEL-style MoT.")
@@ -385,6 +441,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-steps", type=positive_int, help="VAE steps (default: PretrainConfig's)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_pretrain_toy)
+
+    p = sub.add_parser("train-recogniser", help="train the toy world's image reader (the benchmark's judge)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--steps", type=positive_int, default=3000, help="training steps (default 3000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_train_recogniser)
+
+    p = sub.add_parser("bench", help="the OmniPBench-style benchmark on the toy world (long: run in background)")
+    p.add_argument("--out", default="outputs/bench", metavar="DIR")
+    p.add_argument("--backbone", default="toy", metavar="SPEC")
+    p.add_argument("--recogniser", metavar="DIR", help="judge's weights (default: the committed one)")
+    p.add_argument("--seed", type=int, default=0, help="draws the concepts (default 0)")
+    p.add_argument("--concepts", type=positive_int, default=20, help="number of concepts (default 20)")
+    p.add_argument("--steps", type=positive_int, default=300, help="training steps per concept (default 300)")
+    p.add_argument("--sample-steps", type=positive_int, default=25, help="flow steps per image (default 25)")
+    p.add_argument("--rows", nargs="+", metavar="ROW", help="subset of rows (default: all)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="backbone (and concept) facts as JSON")
     common(p, concepts="?")

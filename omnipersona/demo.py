@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from .artifacts import save_concept
@@ -14,9 +15,26 @@ from .backbone import Backbone
 from .data import ConceptData, ImageLike
 from .pipeline import OmniPipeline
 from .sampler import SamplerConfig
+from .toyworld.tasks import concept_facts
+from .toyworld.world import PLACES, Concept, concept_scene, render
 from .trainer import TrainRecipe, train_concept
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "maeve"
+# The bundled example is a toy-world concept (the default backbone's world): a large red dotted
+# circle whose home is the beach. `make_example` re-creates its files exactly.
+MAEVE = Concept("circle", "red", "dotted", "large", home="beach", toy=("blue", "ball"), friend=("green", "frog"))
+
+
+def make_example(folder: str | Path = EXAMPLE, n_photos: int = 10, seed: int = 7) -> None:
+    """Ten photos of <maeve> in varied places with companions, and its facts as text."""
+    folder = Path(folder)
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n_photos):
+        scene = concept_scene(MAEVE, rng, place=PLACES[i % len(PLACES)], companions=int(rng.integers(3)))
+        render(scene, 32, seed=int(rng.integers(1 << 30))).save(folder / "photos" / f"{i:02d}_{scene.place}.png")
+    facts = [[q, a] for q, a in concept_facts(MAEVE)]
+    (folder / "facts.json").write_text(json.dumps(facts, indent=1) + "\n")
 
 
 def run_demo(out: str | Path, photos: list[ImageLike], facts: list[tuple[str, str]], backbone: Backbone,

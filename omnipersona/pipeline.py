@@ -51,8 +51,16 @@ class OmniPipeline:
         self.runner = Runner(self.model, self.bank, backbone.special_ids)
         self.recaption = recaption
         self.few_shot = few_shot
+        self.descriptions: dict[str, str] = {}
 
     # -- concepts -------------------------------------------------------------------------------
+    def describe(self, name: str, description: str) -> None:
+        """A concept known only from text (the base + text-prompt baseline): `description` goes
+        into the context of every request that mentions `name` as a word."""
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"a described concept's name is one lowercase word, got {name!r}")
+        self.descriptions[name] = description
+
     def add_concept(self, concept: ConceptTokens) -> None:
         self.bank.add(concept.to(next(self.model.parameters()).device))
 
@@ -74,7 +82,9 @@ class OmniPipeline:
                     raise ValueError(f"unknown concept <{name}>; loaded: {', '.join(self.concepts) or 'none'}")
             names += self.bank.mentioned(text)
         names = list(dict.fromkeys(names))
-        return [("text", self.bank.encode(self.bank.concepts[n].system_prompt())) for n in names]
+        blocks: list[Block] = [("text", self.bank.encode(self.bank.concepts[n].system_prompt())) for n in names]
+        described = [n for n in self.descriptions if any(re.search(rf"\b{n}\b", t) for t in texts)]
+        return blocks + [("text", self.bank.encode(self.descriptions[n])) for n in described]
 
     def _text(self, text: str) -> Block:
         return ("text", self.bank.encode(text))

@@ -3,6 +3,8 @@ ground truth. `world` holds the scenes, concepts and the renderer; `language` th
 tokenizer; `tasks` the captioning, VQA, editing, recaptioning and in-context naming generators.
 See DESIGN.md, "Toy world: CPU-scale ground truth"."""
 
+from pathlib import Path
+
 from .language import WORDS, build_toy_tokenizer
 from .tasks import (
     Edit,
@@ -32,7 +34,13 @@ from .world import (
     render,
 )
 
+# Committed artifacts: the pretrained `toy` backbone and the benchmark's recogniser.
+WEIGHTS = Path(__file__).parent / "weights"
+TOY_BACKBONE_DIR = WEIGHTS / "backbone"
+RECOGNISER_DIR = WEIGHTS / "recogniser"
+
 __all__ = [
+    "RECOGNISER_DIR", "TOY_BACKBONE_DIR", "WEIGHTS",
     "COLOURS", "PATTERNS", "PLACES", "POSITIONS", "SHAPES", "SIZES", "WORDS", "Concept", "Edit",
     "NamingExample", "ObjectSpec", "RecaptionExample", "Scene", "TextTask", "VQAExample",
     "build_toy_tokenizer", "caption", "concept_scene", "edit", "naming_example", "random_concept",
