@@ -1,0 +1,65 @@
+"""`create_app`: the Flask application factory. Everything it needs (settings, session factory,
+object store, job publisher) can be passed in; missing pieces are built from the settings."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from .auth import authenticate
+from .celery_config import make_celery
+from .concepts.views import bp as concepts_bp
+from .context import EXTENSION, Services, session
+from .db import make_engine, make_session_factory
+from .errors import register_error_handlers
+from .jobs.views import bp as jobs_bp
+from .queue import CeleryPublisher, Publisher
+from .renders.views import bp as renders_bp
+from .settings import Settings
+from .storage import ObjectStore, make_store
+
+log = logging.getLogger(__name__)
+
+PUBLIC_ENDPOINTS = {"healthz"}
+
+
+def create_app(settings: Settings | None = None, *, session_factory: sessionmaker[Session] | None = None,
+               store: ObjectStore | None = None, publisher: Publisher | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    settings.ensure_local_dirs()
+    app = Flask("omnipersona_api")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.extensions[EXTENSION] = Services(
+        settings=settings,
+        session_factory=session_factory or make_session_factory(make_engine(settings.database_url)),
+        store=store or make_store(settings),
+        publisher=publisher or CeleryPublisher(make_celery(settings)),
+    )
+    register_error_handlers(app)
+
+    @app.before_request
+    def _authenticate() -> None:
+        from flask import request
+
+        if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+            return
+        g.principal = authenticate(session())
+
+    @app.teardown_request
+    def _close_session(_exc: BaseException | None) -> None:
+        db_session = g.pop("db_session", None)
+        if db_session is not None:
+            db_session.close()  # rolls back whatever a failed request left uncommitted
+
+    @app.get("/healthz")
+    def healthz() -> ResponseReturnValue:
+        session().execute(text("SELECT 1"))
+        return jsonify({"ok": True, "backbone": settings.backbone})
+
+    for bp in (concepts_bp, jobs_bp, renders_bp):
+        app.register_blueprint(bp)
+    return app

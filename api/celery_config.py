@@ -1,0 +1,49 @@
+"""The Celery app configuration shared by the API (which only publishes job ids) and the workers
+(which register the tasks). Settings follow what long GPU tasks need: late acks, reject on a lost
+worker, prefetch 1, visibility timeout above the hard time limit, JSON ids only."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .settings import Settings
+
+TRAIN_TASK = "workers.train"
+RENDER_TASK = "workers.render"
+REAP_TASK = "workers.reap"
+TASK_BY_KIND = {"train": TRAIN_TASK, "render": RENDER_TASK}
+QUEUE_BY_KIND = {"train": "train", "render": "render"}
+HOUSEKEEPING_QUEUE = "housekeeping"
+REAP_EVERY_SECONDS = 30
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("omnipersona", broker=settings.broker_url)
+    transport_options = {
+        "visibility_timeout": settings.task_time_limit + 600,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 30,
+    }
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results live in the jobs table
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=HOUSEKEEPING_QUEUE,
+        task_routes={
+            TRAIN_TASK: {"queue": QUEUE_BY_KIND["train"]},
+            RENDER_TASK: {"queue": QUEUE_BY_KIND["render"]},
+            REAP_TASK: {"queue": HOUSEKEEPING_QUEUE},
+        },
+        beat_schedule={"reap-stale-jobs": {"task": REAP_TASK, "schedule": float(REAP_EVERY_SECONDS)}},
+        worker_hijack_root_logger=False,
+    )
+    return app

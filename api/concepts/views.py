@@ -1,0 +1,50 @@
+"""/v1/concepts: create (with facts), list, get, upload images, start training."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from ..context import json_body, principal, services, session
+from ..jobs.schemas import job_dict
+from . import service
+from .schemas import concept_dict, image_dict, parse_concept_create, parse_train_request
+
+bp = Blueprint("concepts", __name__, url_prefix="/v1/concepts")
+
+
+@bp.post("")
+def create() -> ResponseReturnValue:
+    spec = parse_concept_create(json_body(), services().settings.max_facts)
+    concept = service.create_concept(session(), principal().tenant_id, spec)
+    return jsonify(concept_dict(concept)), 201
+
+
+@bp.get("")
+def list_() -> ResponseReturnValue:
+    return jsonify({"concepts": [concept_dict(c) for c in service.list_concepts(session(), principal().tenant_id)]})
+
+
+@bp.get("/<concept_id>")
+def get(concept_id: str) -> ResponseReturnValue:
+    return jsonify(concept_dict(service.get_concept(session(), principal().tenant_id, concept_id)))
+
+
+@bp.post("/<concept_id>/images")
+def upload_images(concept_id: str) -> ResponseReturnValue:
+    concept = service.get_concept(session(), principal().tenant_id, concept_id)
+    uploads = [service.Upload(f.filename, f.read()) for f in request.files.getlist("image")]
+    settings = services().settings
+    added = service.add_images(session(), services().store, concept, uploads, max_pixels=settings.max_image_pixels,
+                               max_images=settings.max_images_per_concept)
+    return jsonify({"images": [image_dict(img, duplicate) for img, duplicate in added]}), 201
+
+
+@bp.post("/<concept_id>/train")
+def train(concept_id: str) -> ResponseReturnValue:
+    settings = services().settings
+    steps = parse_train_request(json_body(),
+                                settings.default_train_steps, settings.max_train_steps)
+    concept = service.get_concept(session(), principal().tenant_id, concept_id)
+    job = service.start_training(session(), services().publisher, concept, steps, settings.backbone)
+    return jsonify(job_dict(job)), 202

@@ -1,0 +1,35 @@
+"""The one tenant-scoped getter every handler and task uses: a row of another tenant is
+indistinguishable from a missing one (404)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .errors import NotFound
+
+T = TypeVar("T")
+
+
+def parse_id(raw: str | uuid.UUID, resource: str) -> uuid.UUID:
+    if isinstance(raw, uuid.UUID):
+        return raw
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError as exc:
+        raise NotFound(resource, f"no {resource} {raw}") from exc
+
+
+def get_scoped(session: Session, model: type[T], object_id: str | uuid.UUID, tenant_id: uuid.UUID,
+               resource: str, *, for_update: bool = False) -> T:
+    oid = parse_id(object_id, resource)
+    query: Any = select(model).where(model.id == oid, model.tenant_id == tenant_id)  # type: ignore[attr-defined]
+    if for_update:
+        query = query.with_for_update()
+    row = session.scalars(query).first()
+    if row is None:
+        raise NotFound(resource, f"no {resource} {object_id}")
+    return row

@@ -1,0 +1,108 @@
+"""Configuration from environment variables, with embedded defaults that need no servers:
+an SQLite file, the kombu SQLAlchemy broker on another SQLite file, a local object-store folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+def normalise_database_url(url: str) -> str:
+    """`postgres://` and `postgresql://` (as hosting providers hand them out) use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    backbone: str = "tiny"
+    # Object store: S3 when a bucket is named, else a local folder.
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_region: str = "us-east-1"
+    local_store_dir: Path | None = None
+    # Training and rendering.
+    default_train_steps: int = 100
+    max_train_steps: int = 5000
+    checkpoint_every: int = 25
+    default_sample_steps: int = 20
+    max_sample_steps: int = 100
+    # Jobs.
+    heartbeat_seconds: int = 10
+    stale_after_seconds: int = 120
+    max_attempts: int = 3
+    requeue_queued_after_seconds: int = 300
+    task_soft_time_limit: int = 3 * 3600
+    task_time_limit: int = 3 * 3600 + 300
+    # Uploads.
+    max_content_length: int = 32 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_images_per_concept: int = 100
+    max_facts: int = 50
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_bucket)
+
+    @property
+    def work_dir(self) -> Path:
+        """Worker scratch space (resumable training checkpoints, downloaded inputs)."""
+        return self.data_dir / "work"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        data_dir = Path(env.get("OMNI_DATA_DIR") or Path.cwd() / "build" / "service").resolve()
+        database_url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'omni.sqlite3'}"
+        broker_url = env.get("BROKER_URL") or f"sqla+sqlite:///{data_dir / 'broker.sqlite3'}"
+        return cls(
+            data_dir=data_dir,
+            database_url=normalise_database_url(database_url),
+            broker_url=broker_url,
+            backbone=env.get("OMNI_BACKBONE") or "tiny",
+            s3_bucket=env.get("S3_BUCKET") or None,
+            s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
+            s3_access_key_id=env.get("S3_ACCESS_KEY_ID") or None,
+            s3_secret_access_key=env.get("S3_SECRET_ACCESS_KEY") or None,
+            s3_region=env.get("S3_REGION") or "us-east-1",
+            local_store_dir=Path(env.get("OMNI_STORE_DIR") or data_dir / "objects").resolve(),
+            default_train_steps=_int(env, "OMNI_TRAIN_STEPS", 100),
+            max_train_steps=_int(env, "OMNI_MAX_TRAIN_STEPS", 5000),
+            checkpoint_every=_int(env, "OMNI_CHECKPOINT_EVERY", 25),
+            default_sample_steps=_int(env, "OMNI_SAMPLE_STEPS", 20),
+            max_sample_steps=_int(env, "OMNI_MAX_SAMPLE_STEPS", 100),
+            heartbeat_seconds=_int(env, "OMNI_HEARTBEAT_SECONDS", 10),
+            stale_after_seconds=_int(env, "OMNI_STALE_AFTER_SECONDS", 120),
+            max_attempts=_int(env, "OMNI_MAX_ATTEMPTS", 3),
+            requeue_queued_after_seconds=_int(env, "OMNI_REQUEUE_QUEUED_AFTER_SECONDS", 300),
+            max_content_length=_int(env, "OMNI_MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
+            max_image_pixels=_int(env, "OMNI_MAX_IMAGE_PIXELS", 4096 * 4096),
+        )
+
+    def ensure_local_dirs(self) -> None:
+        """The embedded defaults keep their files under `data_dir`; create it on first use."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.uses_s3 and self.local_store_dir is not None:
+            self.local_store_dir.mkdir(parents=True, exist_ok=True)

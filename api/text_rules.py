@@ -1,0 +1,57 @@
+"""Rules for the text users send (concept names, facts, questions, prompts). The API cannot import
+`omnipersona.tokens` (it imports torch), so the name and reserved-token patterns are repeated here;
+a test checks they equal the library's."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ApiError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+RESERVED_RE = re.compile(r"<(und|gen)_\d+(:[^>]*)?>")
+PLACEHOLDER = "{c}"
+MAX_TEXT_CHARS = 500
+
+
+def identifier_for(name: str) -> str:
+    return f"<{name}>"
+
+
+def check_name(name: object, field: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ApiError(field, f"must match {NAME_RE.pattern} (lowercase letter, then up to 31 of a-z 0-9 _)")
+    return name
+
+
+def _check_plain(text: str, field: str) -> None:
+    if RESERVED_RE.search(text):
+        raise ApiError(field, "uses a reserved concept-token name (<und_N>, <gen_N>)")
+    if "<" in text or ">" in text:
+        raise ApiError(field, "may not contain '<' or '>' except the concept's own identifier")
+
+
+def check_text(value: object, field: str, *, max_chars: int = MAX_TEXT_CHARS) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(field, "must be a non-empty string")
+    value = value.strip()
+    if len(value) > max_chars:
+        raise ApiError(field, f"is longer than {max_chars} characters")
+    return value
+
+
+def check_fact_text(value: object, field: str, identifier: str) -> str:
+    """A fact's question or answer; the concept may be written as `{c}` or as its identifier.
+    Stored with `{c}`, the form the library's ConceptData takes."""
+    text = check_text(value, field).replace(identifier, PLACEHOLDER)
+    _check_plain(text, field)
+    return text
+
+
+def check_request_text(value: object, field: str, identifier: str) -> str:
+    """A question / prompt / instruction sent for rendering: it must name the concept."""
+    text = check_text(value, field)
+    if identifier not in text:
+        raise ApiError(field, f"must name the concept as {identifier}")
+    _check_plain(text.replace(identifier, ""), field)
+    return text
