@@ -334,6 +334,38 @@ def cmd_train_recogniser(args: argparse.Namespace) -> int:
     return 0 if report.passes else 1
 
 
+def cmd_evaluate_base(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .toyworld import RECOGNISER_DIR, TOY_BACKBONE_DIR
+    from .toyworld.card import model_card
+    from .toyworld.evaluate import evaluate_base, evaluate_editing, evaluate_generation
+    from .toyworld.recogniser import load_recogniser
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = TOY_BACKBONE_DIR if args.backbone == "toy" else Path(args.backbone)
+    backbone = load_backbone(args.backbone)
+    recogniser, _ = load_recogniser(args.recogniser or RECOGNISER_DIR)
+    t0 = time.monotonic()
+    scores: dict[str, Any] = evaluate_base(backbone, n=args.n)
+    scores["recaption_text_tasks"] = sum(scores[k] for k in
+                                         ("recaption_intent", "recaption_answer", "recaption_rewrite")) / 3
+    scores |= evaluate_generation(backbone, recogniser, n=args.n)
+    scores |= evaluate_editing(backbone, recogniser, n=args.n)
+    scores["n"] = args.n
+    scores["parameters"] = sum(p.numel() for p in backbone.model.parameters())
+    scores["seconds"] = round(time.monotonic() - t0, 1)
+    print(json.dumps(scores, indent=2))
+    if args.write_card:
+        (folder / "base_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+        (folder / "MODEL_CARD.md").write_text(model_card(folder))
+        print(f"model card: {folder / 'MODEL_CARD.md'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -448,6 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_train_recogniser)
+
+    p = sub.add_parser("evaluate-base", help="base capabilities of a toy-world backbone (held-out scenes)")
+    p.add_argument("--backbone", default="toy", metavar="SPEC")
+    p.add_argument("--recogniser", metavar="DIR", help="judge's weights (default: the committed one)")
+    p.add_argument("-n", type=positive_int, default=100, help="items per task family (default 100)")
+    p.add_argument("--write-card", action="store_true", help="write base_scores.json and MODEL_CARD.md beside it")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_evaluate_base)
 
     p = sub.add_parser("bench", help="the OmniPBench-style benchmark on the toy world (long: run in background)")
     p.add_argument("--out", default="outputs/bench", metavar="DIR")

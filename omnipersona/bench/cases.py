@@ -50,9 +50,9 @@ class BenchConcept:
     test_positive: list[tuple[Scene, int]]
     test_negative: list[tuple[Scene, int]]
     questions: list[tuple[str, str, str]]  # (kind visual|fact, question with {c}, answer)
-    parg: list[str]  # requests with {c} that need the home
+    parg: list[tuple[str, int]]  # (request with {c} that needs the home, seed)
     edits: list[tuple[EditCase, int]]
-    gen_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    gen_seeds: list[int] = field(default_factory=lambda: list(range(5)))
 
     @property
     def token_name(self) -> str:
@@ -107,7 +107,9 @@ def _edit_case(concept: Concept, rng: np.random.Generator, kind: str) -> EditCas
 
 
 def build_cases(seed: int = 0, n_concepts: int = 20, image_size: int = 32, n_train: int = 10,
-                n_test: int = 10) -> list[BenchConcept]:
+                n_test: int = 10, n_parg: int = 5, n_edit: int = 5) -> list[BenchConcept]:
+    """With the defaults and 20 concepts every metric has >= 100 test items (Rec 400, VQA 140,
+    Gen, PARG and Edit 100 each)."""
     rng = np.random.default_rng(seed)
     concepts: list[Concept] = []
     while len(concepts) < n_concepts:  # distinct identities
@@ -128,8 +130,9 @@ def build_cases(seed: int = 0, n_concepts: int = 20, image_size: int = 32, n_tra
         neg = [negative_scene(concept, rng, hard=bool(j % 2)) for j in range(n_test)]
         questions = [("visual", q, getattr(concept, a)) for a, q in tasks.NAMING_ATTRIBUTE_QUESTIONS.items()]
         questions += [("fact", q, a) for q, a in tasks.concept_facts(concept)]
-        parg = [tasks.RECAPTION_REQUESTS[t][0] for t in PARG_REQUESTS]
-        edits = [(_edit_case(concept, rng, k), s) for k, s in zip(EDIT_KINDS, seeds(3), strict=True)]
+        parg = [(tasks.RECAPTION_REQUESTS[PARG_REQUESTS[k % len(PARG_REQUESTS)]][0], 100 + k) for k in range(n_parg)]
+        kinds = [EDIT_KINDS[k % len(EDIT_KINDS)] for k in range(n_edit)]
+        edits = [(_edit_case(concept, rng, k), s) for k, s in zip(kinds, seeds(n_edit), strict=True)]
         out.append(BenchConcept(
             i, concept, image_size, train, seeds(n_train), negatives, train_edits,
             list(zip(pos, seeds(n_test), strict=True)), list(zip(neg, seeds(n_test), strict=True)),

@@ -44,7 +44,7 @@ def grid(result: BenchResult, rows: tuple[str, ...] = ("base + text (short)", "O
     first PARG image and its edits (with the edit sources in front)."""
     rows = tuple(r for r in rows if r in result.rows)
     cases = result.cases[:max_concepts]
-    n_edit = len(cases[0].edits)
+    n_edit = min(3, len(cases[0].edits))  # one of each kind: remove, move, add
     cols = 1 + n_edit + len(rows) * (3 + n_edit)
     label_h = 14
     img = Image.new("RGB", (cols * CELL, label_h + len(cases) * CELL), "white")
@@ -56,10 +56,10 @@ def grid(result: BenchResult, rows: tuple[str, ...] = ("base + text (short)", "O
         x += CELL * (3 + n_edit)
     for i, case in enumerate(cases):
         tiles = [case.image(case.train_scenes[0], case.train_seeds[0])]
-        tiles += [case.image(e.source, seed) for e, seed in case.edits]
+        tiles += [case.image(e.source, seed) for e, seed in case.edits[:n_edit]]
         for r in rows:
             res = result.rows[r][i]
-            tiles += res.images["gen"][:2] + res.images["parg"][:1] + res.images["edit"]
+            tiles += res.images["gen"][:2] + res.images["parg"][:1] + res.images["edit"][:n_edit]
         for j, t in enumerate(tiles):
             img.paste(t.resize((CELL, CELL), Image.NEAREST), (j * CELL, label_h + i * CELL))
     return img

@@ -107,8 +107,8 @@ def evaluate_concept(pipe: OmniPipeline, ref: str, case: BenchConcept, recognise
 
     gens = pipe.generate_batch([GenerateRequest(tasks.GENERATION_PROMPT.format(**fill), s, sampler)
                                 for s in case.gen_seeds], recaption=False)
-    pargs = pipe.generate_batch([GenerateRequest(p.format(**fill), 100 + k, sampler)
-                                 for k, p in enumerate(case.parg)], recaption=row.recaption)
+    pargs = pipe.generate_batch([GenerateRequest(p.format(**fill), s, sampler) for p, s in case.parg],
+                                recaption=row.recaption)
     edits = [pipe.edit(case.image(e.source, seed), e.instruction.format(**fill), seed=seed, sampler=edit_sampler)
              for e, seed in case.edits]
 
