@@ -4,6 +4,8 @@ worker, prefetch 1, visibility timeout above the hard time limit, JSON ids only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from .settings import Settings
@@ -17,13 +19,20 @@ HOUSEKEEPING_QUEUE = "housekeeping"
 REAP_EVERY_SECONDS = 30
 
 
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Above the hard time limit, or Redis redelivers a long task to a second worker mid-run.
+        return {"visibility_timeout": settings.task_time_limit + 600, "socket_connect_timeout": 5,
+                "socket_timeout": 30}
+    if settings.broker_url.startswith("sqla+sqlite"):
+        # The kombu SQLAlchemy transport hands these to create_engine; SQLite waits on locks.
+        return {"connect_args": {"timeout": 30}}
+    return {}
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("omnipersona", broker=settings.broker_url)
-    transport_options = {
-        "visibility_timeout": settings.task_time_limit + 600,
-        "socket_connect_timeout": 5,
-        "socket_timeout": 30,
-    }
+    transport_options = broker_transport_options(settings)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

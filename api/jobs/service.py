@@ -50,7 +50,7 @@ def claim(session: Session, job_id: uuid.UUID, max_attempts: int) -> Job | None:
         return None
     if job.attempts >= max_attempts:
         if fail(session, job_id, f"gave up after {job.attempts} attempts"):
-            _settle_concept_after(session, job)
+            settle_concept_after(session, job)
         return None
     now = utcnow()
     result = session.execute(
@@ -115,7 +115,7 @@ def request_cancel(session: Session, job: Job) -> Job:
         raise Conflict("state", f"job is already {job.state}")
     if job.state == "queued":
         _finish(session, job.id, "canceled", cancel_requested=True)
-        _settle_concept_after(session, job)
+        settle_concept_after(session, job)
     else:
         job.cancel_requested = True
         session.commit()
@@ -123,7 +123,7 @@ def request_cancel(session: Session, job: Job) -> Job:
     return job
 
 
-def _settle_concept_after(session: Session, job: Job) -> None:
+def settle_concept_after(session: Session, job: Job) -> None:
     """A training job that ends without a new version leaves the concept as it was before."""
     if job.kind != "train" or job.concept_id is None:
         return
@@ -155,7 +155,7 @@ def reap(session: Session, publisher: Publisher, *, stale_after_seconds: int, ma
         reason = f"worker lost: no heartbeat for over {stale_after_seconds}s (attempt {job.attempts} of {max_attempts})"
         if job.attempts >= max_attempts:
             if _finish(session, job.id, "failed", error=reason):
-                _settle_concept_after(session, job)
+                settle_concept_after(session, job)
                 report.failed.append(job.id)
             continue
         result = session.execute(

@@ -1,0 +1,1 @@
+"""Deployment and local-run helpers (process management for the laptop stack and the tests)."""

@@ -1,0 +1,65 @@
+"""The Celery app the workers run (`celery -A workers.celery_app worker -Q train|render|housekeeping`)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from api.celery_config import REAP_TASK, RENDER_TASK, TRAIN_TASK, make_celery
+from api.jobs import service as jobs
+from api.queue import CeleryPublisher
+from api.settings import Settings
+
+from .rendering import run_render_job
+from .runtime import runtime
+from .training import run_train_job
+
+log = logging.getLogger(__name__)
+
+app = make_celery(Settings.from_env())
+
+
+def _job_id(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except (ValueError, TypeError):
+        log.error("dropping a message with a malformed job id")
+        return None
+
+
+@app.task(name=TRAIN_TASK)
+def train(job_id: str) -> str:
+    parsed = _job_id(job_id)
+    if parsed is None:
+        return "skipped"
+    try:
+        return run_train_job(runtime(), parsed)
+    except SoftTimeLimitExceeded:
+        with runtime().session_factory() as session:
+            jobs.fail(session, parsed, "time limit exceeded")
+        return "failed"
+
+
+@app.task(name=RENDER_TASK)
+def render(job_id: str) -> str:
+    parsed = _job_id(job_id)
+    if parsed is None:
+        return "skipped"
+    try:
+        return run_render_job(runtime(), parsed)
+    except SoftTimeLimitExceeded:
+        with runtime().session_factory() as session:
+            jobs.fail(session, parsed, "time limit exceeded")
+        return "failed"
+
+
+@app.task(name=REAP_TASK)
+def reap() -> dict[str, int]:
+    rt = runtime()
+    with rt.session_factory() as session:
+        report = jobs.reap(session, CeleryPublisher(app), stale_after_seconds=rt.settings.stale_after_seconds,
+                           max_attempts=rt.settings.max_attempts,
+                           requeue_queued_after_seconds=rt.settings.requeue_queued_after_seconds)
+    return {k: len(v) for k, v in vars(report).items()}
