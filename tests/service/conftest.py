@@ -30,6 +30,8 @@ from api.queue import CeleryPublisher
 from api.settings import Settings
 from api.storage import LocalStore
 
+from .servers import S3Server, start_seaweedfs
+
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
@@ -209,3 +211,10 @@ def add_version(session_factory: sessionmaker[Session], tenant_id: uuid.UUID, co
         concept.status = "ready"
         session.commit()
         return version.id
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()

@@ -1,0 +1,101 @@
+"""Job rows are the truth: conditional claim (double delivery runs once), attempts, and the
+reaper that recovers jobs of dead workers and jobs that were never published."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from api.celery_config import make_celery
+from api.jobs import service as jobs
+from api.models import Concept, Job, utcnow
+from api.queue import CeleryPublisher
+from api.settings import Settings
+from infra.local_stack import free_port
+
+
+def _concept(session, tenant_id) -> Concept:
+    concept = Concept(tenant_id=tenant_id, name="maeve", identifier="<maeve>", status="training")
+    session.add(concept)
+    session.flush()
+    return concept
+
+
+def _job(session, tenant_id, concept, **values) -> Job:
+    job = jobs.create_job(session, tenant_id, "train", concept.id, {"steps": 3})
+    for k, v in values.items():
+        setattr(job, k, v)
+    session.commit()
+    return job
+
+
+def test_claim_once_then_skip(acme, session_factory):
+    with session_factory() as session:
+        job = _job(session, acme.tenant_id, _concept(session, acme.tenant_id))
+        claimed = jobs.claim(session, job.id, max_attempts=3)
+        assert claimed is not None and claimed.state == "running" and claimed.attempts == 1
+        assert claimed.heartbeat_at is not None and claimed.started_at is not None
+        assert jobs.claim(session, job.id, max_attempts=3) is None  # a second delivery
+        assert session.get(Job, job.id).attempts == 1
+
+
+def test_claim_fails_a_job_out_of_attempts(acme, session_factory):
+    with session_factory() as session:
+        concept = _concept(session, acme.tenant_id)
+        job = _job(session, acme.tenant_id, concept, attempts=3)
+        assert jobs.claim(session, job.id, max_attempts=3) is None
+        session.refresh(job)
+        assert job.state == "failed" and "3 attempts" in job.error
+        assert session.get(Concept, concept.id).status == "draft"
+
+
+def test_progress_and_finish(acme, session_factory):
+    with session_factory() as session:
+        job = _job(session, acme.tenant_id, _concept(session, acme.tenant_id))
+        jobs.claim(session, job.id, 3)
+        jobs.record_progress(session, job.id, 0.5, [{"step": 1}])
+        jobs.record_progress(session, job.id, 1.0, [{"step": 2}])
+        assert session.get(Job, job.id).progress_history == [{"step": 1}, {"step": 2}]
+        assert jobs.succeed(session, job.id, {"ok": True})
+        assert not jobs.fail(session, job.id, "late failure")  # finished jobs stay finished
+        session.refresh(job)
+        assert (job.state, job.result, job.error, job.progress) == ("succeeded", {"ok": True}, None, 1.0)
+
+
+def test_reaper_requeues_stale_fails_exhausted_and_republishes(acme, session_factory, broker):
+    now = utcnow()
+    with session_factory() as session:
+        concept = _concept(session, acme.tenant_id)
+        stale = _job(session, acme.tenant_id, concept, state="running", attempts=1,
+                     heartbeat_at=now - timedelta(seconds=600), published_at=now - timedelta(seconds=900))
+        exhausted = _job(session, acme.tenant_id, concept, state="running", attempts=3,
+                         heartbeat_at=now - timedelta(seconds=600))
+        alive = _job(session, acme.tenant_id, concept, state="running", attempts=1,
+                     heartbeat_at=now - timedelta(seconds=5))
+        unpublished = _job(session, acme.tenant_id, concept)  # the broker was down at submit time
+        fresh = _job(session, acme.tenant_id, concept, published_at=now)
+        report = jobs.reap(session, broker.publisher, stale_after_seconds=120, max_attempts=3,
+                           requeue_queued_after_seconds=300, now=now)
+        assert report.requeued == [stale.id] and report.failed == [exhausted.id]
+        assert sorted(report.republished) == sorted([stale.id, unpublished.id])
+        for job in (stale, exhausted, alive, unpublished, fresh):
+            session.refresh(job)
+        assert stale.state == "queued" and "no heartbeat" in stale.error and stale.published_at is not None
+        assert exhausted.state == "failed" and "attempt 3 of 3" in exhausted.error
+        assert (alive.state, fresh.state) == ("running", "queued")
+    assert sorted(args[0] for _, args in broker.take("train")) == sorted([str(stale.id), str(unpublished.id)])
+
+
+def test_failed_publish_leaves_the_job_for_the_reaper(acme, session_factory, tmp_path):
+    dead = Settings.from_env({"OMNI_DATA_DIR": str(tmp_path), "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    with session_factory() as session:
+        job = _job(session, acme.tenant_id, _concept(session, acme.tenant_id))
+        assert not jobs.publish(session, job, CeleryPublisher(make_celery(dead)))
+        assert session.get(Job, job.id).published_at is None
+
+
+def test_queue_depth_counts_rows(acme, session_factory):
+    with session_factory() as session:
+        concept = _concept(session, acme.tenant_id)
+        _job(session, acme.tenant_id, concept)
+        _job(session, acme.tenant_id, concept, state="running")
+        assert jobs.queue_depth(session) == {"train": {"queued": 1, "running": 1}}
