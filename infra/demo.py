@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", help="backbone spec (default: OMNI_BACKBONE or the embedded default)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each job")
     args = parser.parse_args(argv)
+    # SIGTERM (as well as Ctrl-C) unwinds through run()'s `finally`, which stops the processes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     t0 = time.monotonic()
     summary = run(args.out, args.steps, args.sample_steps, args.backbone, args.timeout)
     for name, entry in summary["renders"].items():
