@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from ..context import json_body, principal, services, session
+from ..idempotency import idempotent
 from ..jobs.schemas import job_dict
 from . import service
 from .schemas import concept_dict, image_dict, parse_concept_create, parse_train_request
@@ -14,6 +15,7 @@ bp = Blueprint("concepts", __name__, url_prefix="/v1/concepts")
 
 
 @bp.post("")
+@idempotent
 def create() -> ResponseReturnValue:
     spec = parse_concept_create(json_body(), services().settings.max_facts)
     concept = service.create_concept(session(), principal().tenant_id, spec)
@@ -31,6 +33,7 @@ def get(concept_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/<concept_id>/images")
+@idempotent
 def upload_images(concept_id: str) -> ResponseReturnValue:
     concept = service.get_concept(session(), principal().tenant_id, concept_id)
     uploads = [service.Upload(f.filename, f.read()) for f in request.files.getlist("image")]
@@ -41,6 +44,7 @@ def upload_images(concept_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/<concept_id>/train")
+@idempotent
 def train(concept_id: str) -> ResponseReturnValue:
     settings = services().settings
     steps = parse_train_request(json_body(),

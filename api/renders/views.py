@@ -8,6 +8,7 @@ from flask.typing import ResponseReturnValue
 from ..concepts.service import get_concept
 from ..context import json_body, principal, services, session
 from ..errors import ApiError, NotFound
+from ..idempotency import idempotent
 from ..storage import ObjectNotFound
 from . import service
 from .schemas import parse_render_create, render_dict
@@ -35,16 +36,19 @@ def _start(concept_id: str, kind: str) -> ResponseReturnValue:
 
 
 @bp.post("/v1/concepts/<concept_id>/ask")
+@idempotent
 def ask(concept_id: str) -> ResponseReturnValue:
     return _start(concept_id, "ask")
 
 
 @bp.post("/v1/concepts/<concept_id>/generate")
+@idempotent
 def generate(concept_id: str) -> ResponseReturnValue:
     return _start(concept_id, "generate")
 
 
 @bp.post("/v1/concepts/<concept_id>/edit")
+@idempotent
 def edit(concept_id: str) -> ResponseReturnValue:
     return _start(concept_id, "edit")
 

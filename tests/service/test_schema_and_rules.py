@@ -14,7 +14,7 @@ from api.settings import Settings
 from api.text_rules import NAME_RE, RESERVED_RE
 
 TABLES = {"tenants", "users", "api_keys", "concepts", "concept_images", "facts", "concept_versions", "jobs",
-          "renders", "alembic_version"}
+          "renders", "idempotency_keys", "alembic_version"}
 
 
 def _no_drift(engine) -> list:
