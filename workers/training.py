@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.jobs import service as jobs
 from api.models import Concept, ConceptVersion, Job, utcnow
-from api.storage import tenant_key
+from api.storage import ObjectStore, tenant_key
 
 from .heartbeat import Heartbeat
 from .runtime import WorkerRuntime
@@ -50,6 +50,57 @@ class ProgressRecorder:
             jobs.record_progress(self.session, self.job_id, step / total, self.pending)
             self.pending = []
             self.last_write = now
+
+
+class CheckpointMirror:
+    """Mirrors the trainer's resumable checkpoints (`<tag>/state.safetensors`, `<tag>/meta.json`, then
+    the `latest` marker) to the object store, so a job re-claimed on another host resumes too.
+    The marker is uploaded last: a store copy with a marker is complete."""
+
+    FILES = ("state.safetensors", "meta.json")
+    MARKER = "latest"
+
+    def __init__(self, store: ObjectStore, local_dir: Path, prefix: str):
+        self.store = store
+        self.local_dir = local_dir
+        self.prefix = prefix
+        self.synced_tag: str | None = None
+
+    def restore(self) -> str | None:
+        """Download the store's checkpoint when this host has none; returns its tag."""
+        if (self.local_dir / self.MARKER).is_file() or not self.store.exists(f"{self.prefix}/{self.MARKER}"):
+            return None
+        tag = self.store.get_bytes(f"{self.prefix}/{self.MARKER}").decode().strip()
+        (self.local_dir / tag).mkdir(parents=True, exist_ok=True)
+        for name in self.FILES:
+            (self.local_dir / tag / name).write_bytes(self.store.get_bytes(f"{self.prefix}/{tag}/{name}"))
+        (self.local_dir / self.MARKER).write_text(tag)
+        self.synced_tag = tag
+        return tag
+
+    def sync(self) -> None:
+        marker = self.local_dir / self.MARKER
+        if not marker.is_file():
+            return
+        tag = marker.read_text().strip()
+        if tag == self.synced_tag:
+            return
+        for name in self.FILES:
+            self.store.put_bytes(f"{self.prefix}/{tag}/{name}", (self.local_dir / tag / name).read_bytes())
+        self.store.put_bytes(f"{self.prefix}/{self.MARKER}", tag.encode())
+        self.synced_tag = tag
+
+    def remove(self) -> None:
+        """Best effort: a leftover checkpoint wastes space but must not fail a finished job."""
+        try:
+            for key in self.store.list_keys(self.prefix + "/"):
+                self.store.delete(key)
+        except Exception as exc:
+            log.warning("could not remove checkpoint copies under %s: %s", self.prefix, type(exc).__name__)
+
+
+def checkpoint_prefix(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
+    return tenant_key(tenant_id, "jobs", str(job_id), "checkpoint")
 
 
 def version_prefix(tenant_id: uuid.UUID, concept_id: uuid.UUID, job_id: uuid.UUID) -> str:
@@ -104,10 +155,18 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                 backbone = rt.backbone()
                 recipe = TrainRecipe(steps=int(job.payload["steps"]), checkpoint_every=settings.checkpoint_every)
                 checkpoint_dir = rt.job_dir(job_id) / "checkpoint"
+                mirror = CheckpointMirror(rt.store, checkpoint_dir, checkpoint_prefix(job.tenant_id, job_id))
+                mirror.restore()
+                recorder = ProgressRecorder(session, job_id, recipe.steps)
+
+                def progress(step: int, total: int, parts: dict[str, float]) -> None:
+                    recorder(step, total, parts)
+                    mirror.sync()  # the trainer saved the previous step's checkpoint, if due
+
                 with rt.session_factory() as stop_session:
                     result = train_concept(
                         backbone, ConceptData(images=images, facts=facts), concept.name, recipe,
-                        progress=ProgressRecorder(session, job_id, recipe.steps),
+                        progress=progress,
                         should_stop=lambda: jobs.cancel_requested(stop_session, job_id),
                         checkpoint_dir=checkpoint_dir,
                     )
@@ -115,6 +174,7 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                     jobs.mark_canceled(session, job_id)
                     jobs.settle_concept_after(session, job)
                     shutil.rmtree(rt.job_dir(job_id), ignore_errors=True)
+                    mirror.remove()
                     return "canceled"
                 prefix = version_prefix(job.tenant_id, concept.id, job_id)
                 fingerprint = backbone.fingerprint()
@@ -126,13 +186,15 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                     for name in ("tokens.safetensors", "concept.json"):
                         rt.store.put_bytes(f"{prefix}/{name}", (folder / name).read_bytes())
                 version = _record_version(session, job, concept, prefix, fingerprint, metrics, settings.backbone)
+                # Before `succeed`: a client that sees the job done sees no leftovers.
+                shutil.rmtree(rt.job_dir(job_id), ignore_errors=True)
+                mirror.remove()
                 jobs.succeed(session, job_id, {
                     "version_id": str(version.id), "version_number": version.number, "object_prefix": prefix,
                     "backbone": settings.backbone, "backbone_fingerprint": fingerprint, "metrics": metrics,
                     "steps_done": result.steps_done, "resumed_from": result.resumed_from,
                     "train_seconds": round(result.seconds, 2),
                 })
-                shutil.rmtree(rt.job_dir(job_id), ignore_errors=True)
                 return "succeeded"
         except Exception as exc:
             session.rollback()

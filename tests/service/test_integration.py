@@ -8,10 +8,11 @@ import io
 import json
 import os
 import random
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -50,10 +51,12 @@ class Stack:
     processes: LocalStack
     s3: S3Server
     bucket: str
+    tenant_ids: dict[str, uuid.UUID] = field(default_factory=dict)
 
     def client(self, tenant: str) -> OmniClient:
         with session_scope(make_session_factory(self.engine)) as session:
-            _, key = create_tenant(session, tenant)
+            created, key = create_tenant(session, tenant)
+            self.tenant_ids[tenant] = created.id
         return OmniClient(self.url, key)
 
     def s3_client(self):  # noqa: ANN201 - boto3 client
@@ -178,7 +181,8 @@ def test_full_flow_over_http(stack: Stack, tiny):
 
 def test_a_training_job_survives_its_worker_being_killed(stack: Stack):
     """SIGKILL the train worker mid-run: its heartbeat goes stale, the reaper puts the job back on
-    the queue, a new worker claims it (attempt 2) and resumes from the last checkpoint."""
+    the queue, a new worker claims it (attempt 2) and resumes from the last checkpoint, which it
+    finds in the object store."""
     client = stack.client("initech")
     concept = client.create_concept("rex", [])
     client.upload_images(concept["id"], [("a.png", png_bytes((200, 10, 10))), ("b.png", png_bytes((10, 10, 200)))])
@@ -198,6 +202,13 @@ def test_a_training_job_survives_its_worker_being_killed(stack: Stack):
     stack.processes.processes.remove(train_worker)
     train_worker.log_file.close()
     time.sleep(2.5)  # the heartbeat goes stale (the reaper is told 2 s is stale)
+    # The replacement runs "on another host": the dead worker's local checkpoints are gone, and
+    # only the copy mirrored to S3 remains.
+    checkpoint_prefix = f"{stack.tenant_ids['initech']}/jobs/{job['id']}/checkpoint"
+    s3_keys = [o["Key"] for o in stack.s3_client().list_objects_v2(Bucket=stack.bucket,
+                                                                   Prefix=checkpoint_prefix)["Contents"]]
+    assert f"{checkpoint_prefix}/latest" in s3_keys
+    shutil.rmtree(stack.settings.work_dir / "jobs" / job["id"])
 
     from api.celery_config import make_celery
 
@@ -212,4 +223,5 @@ def test_a_training_job_survives_its_worker_being_killed(stack: Stack):
     assert final["attempts"] == 2
     assert final["result"]["resumed_from"] >= CHECKPOINT_EVERY
     assert final["result"]["steps_done"] == KILL_TEST_STEPS
+    assert stack.s3_client().list_objects_v2(Bucket=stack.bucket, Prefix=checkpoint_prefix).get("KeyCount") == 0
     assert client.request("GET", f"/v1/concepts/{concept['id']}").body["current_version"]["number"] == 1

@@ -96,6 +96,7 @@ def test_training_records_progress_version_and_checkpoint(rt, trained, tmp_path)
     tokens = load_concept(tmp_path, rt.backbone().fingerprint())
     assert tokens.name == "maeve"
     assert not rt.job_dir(trained["job_id"]).exists()  # the resumable checkpoint is cleaned up
+    assert rt.store.list_keys(f"{concept.tenant_id}/jobs") == []  # and its copy in the store
 
 
 def test_a_second_delivery_of_a_finished_job_does_nothing(rt, trained):
