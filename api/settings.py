@@ -8,6 +8,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+# The backbone the workers load when OMNI_BACKBONE is unset (`tiny`: random weights, fast; `toy`:
+# the pretrained toy-world backbone once its artifact is committed).
+DEFAULT_BACKBONE = "tiny"
+
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
@@ -32,7 +36,7 @@ class Settings:
     data_dir: Path
     database_url: str
     broker_url: str
-    backbone: str = "tiny"
+    backbone: str = DEFAULT_BACKBONE
     # Object store: S3 when a bucket is named, else a local folder.
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
@@ -81,7 +85,7 @@ class Settings:
             data_dir=data_dir,
             database_url=normalise_database_url(database_url),
             broker_url=broker_url,
-            backbone=env.get("OMNI_BACKBONE") or "tiny",
+            backbone=env.get("OMNI_BACKBONE") or DEFAULT_BACKBONE,
             s3_bucket=env.get("S3_BUCKET") or None,
             s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
             s3_access_key_id=env.get("S3_ACCESS_KEY_ID") or None,

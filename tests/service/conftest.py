@@ -89,7 +89,8 @@ def session_factory(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
 @pytest.fixture
 def settings(tmp_path: Path, pg_url: str) -> Settings:
     return Settings.from_env({"OMNI_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": pg_url,
-                              "BROKER_URL": "memory://", "OMNI_MAX_IMAGE_PIXELS": str(256 * 256)})
+                              "BROKER_URL": "memory://", "OMNI_MAX_IMAGE_PIXELS": str(256 * 256),
+                              "OMNI_BACKBONE": "tiny"})
 
 
 @pytest.fixture

@@ -172,6 +172,12 @@ def test_full_flow_over_http(stack: Stack, tiny):
         key = f"{tenant_prefix}/renders/{done[name]['id']}/output.png"
         assert s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read() == png
 
+    # secrets stay out of every process's log
+    stack.processes.check_alive()
+    for proc in stack.processes.processes:
+        log_text = proc.log_tail(10_000_000)
+        assert client.api_key not in log_text and stack.s3.secret_key not in log_text, proc.name
+
     # another tenant sees none of it
     other = stack.client("globex")
     for path in (f"/v1/concepts/{concept['id']}", f"/v1/jobs/{job['id']}", f"/v1/renders/{done['edit']['id']}",

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from api.settings import Settings
+from api.settings import DEFAULT_BACKBONE, Settings
 from api.storage import LocalStore, ObjectNotFound, S3Store, make_store, tenant_key
 
 from .servers import S3Server
@@ -65,7 +65,8 @@ def test_s3_server_checks_signatures(s3_server):
 def test_settings_choose_the_store(tmp_path, s3_server):
     local = Settings.from_env({"OMNI_DATA_DIR": str(tmp_path)})
     assert isinstance(make_store(local), LocalStore) and local.database_url.startswith("sqlite:///")
-    assert local.broker_url.startswith("sqla+sqlite:///") and local.backbone == "tiny"
+    assert local.broker_url.startswith("sqla+sqlite:///") and local.backbone == DEFAULT_BACKBONE
+    assert Settings.from_env({"OMNI_DATA_DIR": str(tmp_path), "OMNI_BACKBONE": "toy"}).backbone == "toy"
     s3 = Settings.from_env({"OMNI_DATA_DIR": str(tmp_path), "S3_BUCKET": "chosen", "S3_ENDPOINT_URL":
                             s3_server.endpoint_url, "S3_ACCESS_KEY_ID": s3_server.access_key,
                             "S3_SECRET_ACCESS_KEY": s3_server.secret_key,

@@ -34,7 +34,8 @@ STEPS = 6
 def rt(tmp_path_factory: pytest.TempPathFactory) -> WorkerRuntime:
     data = tmp_path_factory.mktemp("worker")
     settings = Settings.from_env({"OMNI_DATA_DIR": str(data), "OMNI_CHECKPOINT_EVERY": "2",
-                                  "OMNI_HEARTBEAT_SECONDS": "1", "BROKER_URL": "memory://"})
+                                  "OMNI_HEARTBEAT_SECONDS": "1", "BROKER_URL": "memory://",
+                                  "OMNI_BACKBONE": "tiny"})
     migrate(settings)
     return WorkerRuntime(settings, make_session_factory(make_engine(settings.database_url)),
                          LocalStore(settings.local_store_dir))
