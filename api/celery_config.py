@@ -56,3 +56,14 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def declare_queues(app: Celery) -> None:
+    """Declare the queues before any process uses them. With the SQLite-backed broker this also
+    creates its tables once, instead of by three processes racing on first use."""
+    from kombu import Queue
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for name in (*QUEUE_BY_KIND.values(), HOUSEKEEPING_QUEUE):
+            Queue(name, channel=channel).declare()

@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from api.admin import create_tenant, migrate  # noqa: E402
+from api.celery_config import declare_queues, make_celery  # noqa: E402
 from api.client import OmniClient  # noqa: E402
 from api.db import make_engine, make_session_factory, session_scope  # noqa: E402
 from api.settings import Settings  # noqa: E402
@@ -50,6 +51,7 @@ def run(out: Path, steps: int, sample_steps: int, backbone: str | None, timeout:
     out = out.resolve()
     state = out / "state"
     shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(out / "logs", ignore_errors=True)
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "BROKER_URL", "S3_BUCKET", "S3_ENDPOINT_URL", "OMNI_STORE_DIR")}
     env |= {"OMNI_DATA_DIR": str(state), "PYTHONUNBUFFERED": "1"}
@@ -57,6 +59,7 @@ def run(out: Path, steps: int, sample_steps: int, backbone: str | None, timeout:
         env["OMNI_BACKBONE"] = backbone
     settings = Settings.from_env(env)
     migrate(settings)
+    declare_queues(make_celery(settings))
     with session_scope(make_session_factory(make_engine(settings.database_url))) as session:
         _, api_key = create_tenant(session, "demo")
     stack = LocalStack(env, out / "logs")
