@@ -16,7 +16,6 @@ REAP_TASK = "workers.reap"
 TASK_BY_KIND = {"train": TRAIN_TASK, "render": RENDER_TASK}
 QUEUE_BY_KIND = {"train": "train", "render": "render"}
 HOUSEKEEPING_QUEUE = "housekeeping"
-REAP_EVERY_SECONDS = 30
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -52,7 +51,7 @@ def make_celery(settings: Settings) -> Celery:
             RENDER_TASK: {"queue": QUEUE_BY_KIND["render"]},
             REAP_TASK: {"queue": HOUSEKEEPING_QUEUE},
         },
-        beat_schedule={"reap-stale-jobs": {"task": REAP_TASK, "schedule": float(REAP_EVERY_SECONDS)}},
+        beat_schedule={"reap-stale-jobs": {"task": REAP_TASK, "schedule": float(settings.reap_every_seconds)}},
         worker_hijack_root_logger=False,
     )
     return app

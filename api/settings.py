@@ -55,6 +55,7 @@ class Settings:
     stale_after_seconds: int = 120
     max_attempts: int = 3
     requeue_queued_after_seconds: int = 300
+    reap_every_seconds: int = 30
     task_soft_time_limit: int = 3 * 3600
     task_time_limit: int = 3 * 3600 + 300
     # Uploads.
@@ -101,6 +102,7 @@ class Settings:
             stale_after_seconds=_int(env, "OMNI_STALE_AFTER_SECONDS", 120),
             max_attempts=_int(env, "OMNI_MAX_ATTEMPTS", 3),
             requeue_queued_after_seconds=_int(env, "OMNI_REQUEUE_QUEUED_AFTER_SECONDS", 300),
+            reap_every_seconds=_int(env, "OMNI_REAP_EVERY_SECONDS", 30),
             max_content_length=_int(env, "OMNI_MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
             max_image_pixels=_int(env, "OMNI_MAX_IMAGE_PIXELS", 4096 * 4096),
         )

@@ -61,12 +61,15 @@ class LocalStack:
                             "--bind", f"127.0.0.1:{port}", "--timeout", "120", "api.wsgi:app"])
         return f"http://127.0.0.1:{port}"
 
-    def start_worker(self, queue: str) -> ManagedProcess:
-        return self._spawn(f"worker-{queue}", [
-            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--queues", queue,
-            "--concurrency", "1", "--hostname", f"{queue}-{os.getpid()}@127.0.0.1", "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle",
-        ])
+    def start_worker(self, queue: str, beat_schedule: Path | None = None) -> ManagedProcess:
+        """A Celery worker on `queue`; with `beat_schedule` (a file path) it also runs beat, which
+        sends the periodic reaper task."""
+        argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--queues", queue,
+                "--concurrency", "1", "--hostname", f"{queue}-{os.getpid()}@127.0.0.1", "--loglevel", "INFO",
+                "--without-gossip", "--without-mingle"]
+        if beat_schedule is not None:
+            argv += ["--beat", "--schedule", str(beat_schedule)]
+        return self._spawn(f"worker-{queue}", argv)
 
     def wait_http(self, url: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

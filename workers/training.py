@@ -171,6 +171,12 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                         checkpoint_dir=checkpoint_dir,
                     )
                 if result.stopped:
+                    session.refresh(job)
+                    if job.state != "running":
+                        # The reaper gave the job to another attempt (this worker looked dead): leave
+                        # the row and the checkpoints to it.
+                        log.warning("train job %s was taken over (state %s); stopping", job_id, job.state)
+                        return "released"
                     jobs.mark_canceled(session, job_id)
                     jobs.settle_concept_after(session, job)
                     shutil.rmtree(rt.job_dir(job_id), ignore_errors=True)

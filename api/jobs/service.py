@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..celery_config import QUEUE_BY_KIND
@@ -180,8 +180,6 @@ def reap(session: Session, publisher: Publisher, *, stale_after_seconds: int, ma
 
 def queue_depth(session: Session) -> dict[str, dict[str, int]]:
     """Jobs per queue and state, from the jobs table (the broker's own counts miss unpublished jobs)."""
-    from sqlalchemy import func
-
     rows = session.execute(select(Job.queue, Job.state, func.count()).group_by(Job.queue, Job.state)).all()
     depth: dict[str, dict[str, int]] = {}
     for queue, state, count in rows:

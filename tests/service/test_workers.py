@@ -166,3 +166,35 @@ def test_a_failed_job_records_why(rt, tenant_id):
         assert job.state == "failed" and job.error.startswith("ObjectNotFound") and lost in job.error
         assert session.get(Concept, concept_id).status == "failed"
         assert jobs.claim(session, job_id, 3) is None
+
+
+def test_a_job_taken_over_by_the_reaper_is_released_not_canceled(rt, tenant_id):
+    """The reaper requeues a job whose worker looked dead; if that worker was alive after all, it
+    stops at its next step and leaves the row and the checkpoints to the next attempt."""
+    import threading
+    import time
+
+    concept_id = _concept_with_photos(rt, tenant_id, "slowpoke")
+    with rt.session_factory() as session:
+        concept = session.get(Concept, concept_id)
+        job_id = concepts.start_training(session, MemoryBroker().publisher, concept, 5000, "tiny").id
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(run_train_job(rt, job_id)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    with rt.session_factory() as session:
+        while not session.get(Job, job_id).progress_history:  # training has started
+            assert time.monotonic() < deadline and worker.is_alive()
+            session.expire_all()
+            time.sleep(0.05)
+        broker = MemoryBroker()
+        report = jobs.reap(session, broker.publisher, stale_after_seconds=0, max_attempts=3,
+                           requeue_queued_after_seconds=300)
+    assert report.requeued == [job_id]
+    worker.join(timeout=60)
+    assert outcome == ["released"]
+    with rt.session_factory() as session:
+        job = session.get(Job, job_id)
+        assert (job.state, job.attempts) == ("queued", 1) and "no heartbeat" in job.error
+        assert session.get(Concept, concept_id).current_version_id is None
+    assert broker.take("train") == [("workers.train", [str(job_id)])]
