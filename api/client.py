@@ -21,7 +21,7 @@ class ApiResponse:
 
 
 class ApiCallError(RuntimeError):
-    def __init__(self, response: ApiResponse, what: str):
+    def __init__(self, response: ApiResponse, what: str) -> None:
         super().__init__(f"{what}: HTTP {response.status} {response.body}")
         self.response = response
 
@@ -41,7 +41,7 @@ def encode_multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]
 
 
 class OmniClient:
-    def __init__(self, base_url: str, api_key: str | None, timeout: float = 30.0):
+    def __init__(self, base_url: str, api_key: str | None, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout

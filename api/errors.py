@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 
@@ -13,7 +13,7 @@ class ApiError(Exception):
     status = 400
     code = "invalid"
 
-    def __init__(self, field: str | None, message: str, status: int | None = None, code: str | None = None):
+    def __init__(self, field: str | None, message: str, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
@@ -43,11 +43,11 @@ class Unauthorized(ApiError):
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):  # noqa: ANN202 - Flask handler
+    def _api_error(exc: ApiError) -> tuple[Response, int]:
         return jsonify(exc.to_dict()), exc.status
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):  # noqa: ANN202 - Flask handler
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
         field = "body" if exc.code == 413 else None
         body = {"error": {"code": (exc.name or "error").lower().replace(" ", "_"), "field": field,
                           "message": exc.description}}

@@ -19,7 +19,7 @@ class Publisher(Protocol):
 
 
 class CeleryPublisher:
-    def __init__(self, app: Celery):
+    def __init__(self, app: Celery) -> None:
         self.app = app
 
     def publish(self, job_id: uuid.UUID, kind: str, queue: str) -> bool:

@@ -44,7 +44,7 @@ class ObjectStore(Protocol):
 class LocalStore:
     """A folder; writes go to a temporary file first, then an atomic rename."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -86,7 +86,7 @@ class S3Store:
     """One bucket on an S3-compatible server; created on first use if missing."""
 
     def __init__(self, bucket: str, endpoint_url: str | None = None, access_key_id: str | None = None,
-                 secret_access_key: str | None = None, region: str = "us-east-1", create_bucket: bool = True):
+                 secret_access_key: str | None = None, region: str = "us-east-1", create_bucket: bool = True) -> None:
         import boto3
         from botocore.config import Config
 

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, session_factory: sessionmaker[Session], job_id: uuid.UUID, every_seconds: float):
+    def __init__(self, session_factory: sessionmaker[Session], job_id: uuid.UUID, every_seconds: float) -> None:
         self.session_factory = session_factory
         self.job_id = job_id
         self.every_seconds = every_seconds

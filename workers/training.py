@@ -33,7 +33,7 @@ class ProgressRecorder:
     """Collects loss parts per step; writes progress (and a thinned history) to the job row at
     most once per `PROGRESS_WRITE_SECONDS`, and always at the last step."""
 
-    def __init__(self, session: Session, job_id: uuid.UUID, total: int):
+    def __init__(self, session: Session, job_id: uuid.UUID, total: int) -> None:
         self.session = session
         self.job_id = job_id
         self.every = max(1, total // HISTORY_POINTS)
@@ -60,7 +60,7 @@ class CheckpointMirror:
     FILES = ("state.safetensors", "meta.json")
     MARKER = "latest"
 
-    def __init__(self, store: ObjectStore, local_dir: Path, prefix: str):
+    def __init__(self, store: ObjectStore, local_dir: Path, prefix: str) -> None:
         self.store = store
         self.local_dir = local_dir
         self.prefix = prefix

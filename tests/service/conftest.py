@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,6 +22,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.test import TestResponse
 
 from api.admin import create_tenant, migrate
 from api.app import create_app
@@ -145,10 +147,10 @@ class TenantClient:
     def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} | (headers or {})
 
-    def get(self, path: str, **kw):  # noqa: ANN201 - werkzeug TestResponse
+    def get(self, path: str, **kw: Any) -> TestResponse:
         return self.client.get(path, headers=self._headers(kw.pop("headers", None)), **kw)
 
-    def post(self, path: str, **kw):  # noqa: ANN201 - werkzeug TestResponse
+    def post(self, path: str, **kw: Any) -> TestResponse:
         return self.client.post(path, headers=self._headers(kw.pop("headers", None)), **kw)
 
 

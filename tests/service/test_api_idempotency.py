@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+from werkzeug.test import TestResponse
+
 from .conftest import add_version, create_concept, png_bytes, snapshot
 
 
@@ -36,7 +38,7 @@ def test_multipart_retry_matches_on_content_not_boundary(acme, session_factory, 
     add_version(session_factory, acme.tenant_id, concept["id"])
     headers = {"Idempotency-Key": "edit-1"}
 
-    def edit():  # noqa: ANN202 - werkzeug TestResponse
+    def edit() -> TestResponse:
         return acme.post(f"/v1/concepts/{concept['id']}/edit", headers=headers,
                          data={"instruction": "remove <maeve>", "image": (io.BytesIO(png_bytes()), "p.png")})
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -57,7 +58,7 @@ class Stack:
             self.tenant_ids[tenant] = created.id
         return OmniClient(self.url, key)
 
-    def s3_client(self):  # noqa: ANN201 - boto3 client
+    def s3_client(self) -> Any:  # boto3 clients are generated at run time
         return boto3.client("s3", endpoint_url=self.s3.endpoint_url, aws_access_key_id=self.s3.access_key,
                             aws_secret_access_key=self.s3.secret_key, region_name="us-east-1")
 
