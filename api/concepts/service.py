@@ -80,7 +80,7 @@ def add_images(session: Session, store: ObjectStore, concept: Concept, uploads: 
             written.append(key)
             image = ConceptImage(tenant_id=concept.tenant_id, concept_id=concept.id, sha256=clean.sha256,
                                  object_key=key, size_bytes=len(clean.png), width=clean.width,
-                                 height=clean.height, filename=(upload.filename or None) and upload.filename[:255])
+                                 height=clean.height, filename=upload.filename[:255] if upload.filename else None)
             session.add(image)
             existing[clean.sha256] = image
             results.append((image, False))
