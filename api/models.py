@@ -13,12 +13,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -151,6 +153,12 @@ class Job(Base):
     """The truth about a unit of background work; the broker only carries its id."""
 
     __tablename__ = "jobs"
+    # At most one unfinished training job per concept, even for two requests at the same moment.
+    __table_args__ = (
+        Index("uq_jobs_one_active_training", "concept_id", unique=True,
+              postgresql_where=text("kind = 'train' AND state IN ('queued', 'running')"),
+              sqlite_where=text("kind = 'train' AND state IN ('queued', 'running')")),
+    )
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     concept_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("concepts.id", ondelete="CASCADE"), index=True)

@@ -108,8 +108,12 @@ def start_training(session: Session, publisher: Publisher, concept: Concept, ste
         raise Conflict("images", "upload at least one image before training")
     if active_training_job(session, concept) is not None:
         raise Conflict("concept", "this concept is already training")
-    job = jobs.create_job(session, concept.tenant_id, "train", concept.id, {"steps": steps, "backbone": backbone})
-    concept.status = "training"
-    session.commit()
+    try:
+        job = jobs.create_job(session, concept.tenant_id, "train", concept.id, {"steps": steps, "backbone": backbone})
+        concept.status = "training"
+        session.commit()
+    except IntegrityError as exc:  # a concurrent request started one first (uq_jobs_one_active_training)
+        session.rollback()
+        raise Conflict("concept", "this concept is already training") from exc
     jobs.publish(session, job, publisher)
     return job

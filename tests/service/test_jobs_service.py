@@ -3,7 +3,11 @@ reaper that recovers jobs of dead workers and jobs that were never published."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
+
+import pytest
+from sqlalchemy.exc import IntegrityError
 
 from api.celery_config import make_celery
 from api.jobs import service as jobs
@@ -14,7 +18,8 @@ from infra.local_stack import free_port
 
 
 def _concept(session, tenant_id) -> Concept:
-    concept = Concept(tenant_id=tenant_id, name="maeve", identifier="<maeve>", status="training")
+    name = f"c{uuid.uuid4().hex[:8]}"
+    concept = Concept(tenant_id=tenant_id, name=name, identifier=f"<{name}>", status="training")
     session.add(concept)
     session.flush()
     return concept
@@ -64,15 +69,17 @@ def test_progress_and_finish(acme, session_factory):
 def test_reaper_requeues_stale_fails_exhausted_and_republishes(acme, session_factory, broker):
     now = utcnow()
     with session_factory() as session:
-        concept = _concept(session, acme.tenant_id)
-        stale = _job(session, acme.tenant_id, concept, state="running", attempts=1,
+        def concept() -> Concept:
+            return _concept(session, acme.tenant_id)
+
+        stale = _job(session, acme.tenant_id, concept(), state="running", attempts=1,
                      heartbeat_at=now - timedelta(seconds=600), published_at=now - timedelta(seconds=900))
-        exhausted = _job(session, acme.tenant_id, concept, state="running", attempts=3,
+        exhausted = _job(session, acme.tenant_id, concept(), state="running", attempts=3,
                          heartbeat_at=now - timedelta(seconds=600))
-        alive = _job(session, acme.tenant_id, concept, state="running", attempts=1,
+        alive = _job(session, acme.tenant_id, concept(), state="running", attempts=1,
                      heartbeat_at=now - timedelta(seconds=5))
-        unpublished = _job(session, acme.tenant_id, concept)  # the broker was down at submit time
-        fresh = _job(session, acme.tenant_id, concept, published_at=now)
+        unpublished = _job(session, acme.tenant_id, concept())  # the broker was down at submit time
+        fresh = _job(session, acme.tenant_id, concept(), published_at=now)
         report = jobs.reap(session, broker.publisher, stale_after_seconds=120, max_attempts=3,
                            requeue_queued_after_seconds=300, now=now)
         assert report.requeued == [stale.id] and report.failed == [exhausted.id]
@@ -95,7 +102,22 @@ def test_failed_publish_leaves_the_job_for_the_reaper(acme, session_factory, tmp
 
 def test_queue_depth_counts_rows(acme, session_factory):
     with session_factory() as session:
-        concept = _concept(session, acme.tenant_id)
-        _job(session, acme.tenant_id, concept)
-        _job(session, acme.tenant_id, concept, state="running")
+        _job(session, acme.tenant_id, _concept(session, acme.tenant_id))
+        _job(session, acme.tenant_id, _concept(session, acme.tenant_id), state="running")
         assert jobs.queue_depth(session) == {"train": {"queued": 1, "running": 1}}
+
+
+def test_one_unfinished_training_job_per_concept(acme, session_factory):
+    """The database refuses a second active training job even when two requests race past the
+    API's check."""
+    with session_factory() as session:
+        concept = _concept(session, acme.tenant_id)
+        _job(session, acme.tenant_id, concept, state="succeeded")
+        _job(session, acme.tenant_id, concept, state="failed")
+        _job(session, acme.tenant_id, concept, state="running")
+        with pytest.raises(IntegrityError):
+            _job(session, acme.tenant_id, concept)
+        session.rollback()
+        render = jobs.create_job(session, acme.tenant_id, "render", concept.id, {})
+        session.commit()  # render jobs are not limited
+        assert render.state == "queued"
