@@ -297,6 +297,14 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(seed=args.seed)
     cfg.steps = args.steps or cfg.steps
     cfg.vae_steps = args.vae_steps or cfg.vae_steps
+    for item in args.mix or []:
+        task, _, weight = item.partition("=")
+        if task not in cfg.mix:
+            raise CliError(f"--mix: unknown task {task!r}; known: {', '.join(cfg.mix)}")
+        try:
+            cfg.mix[task] = float(weight)
+        except ValueError:
+            raise CliError(f"--mix: {item!r} is not TASK=WEIGHT") from None
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, step: int, total: int, parts: dict[str, float]) -> None:
@@ -307,7 +315,7 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
         if step % 10 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
 
-    report = pretrain_toy(args.out, cfg, minutes=args.minutes, progress=progress)
+    report = pretrain_toy(args.out, cfg, minutes=args.minutes, progress=progress, init=args.init)
     for bar in bars.values():
         bar.close()
     print(json.dumps(report, indent=2))
@@ -472,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="backbone steps (default: PretrainConfig's)")
     p.add_argument("--vae-steps", type=positive_int, help="VAE steps (default: PretrainConfig's)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    p.add_argument("--init", metavar="DIR", help="continue stage 2 from a saved run (skips the VAE stage)")
+    p.add_argument("--mix", nargs="+", metavar="TASK=WEIGHT", help="override task weights of the batch mix")
     p.set_defaults(func=cmd_pretrain_toy)
 
     p = sub.add_parser("train-recogniser", help="train the toy world's image reader (the benchmark's judge)")

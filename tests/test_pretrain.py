@@ -1,5 +1,7 @@
 """Toy-backbone pretraining: every task packs, the VAE learns, the MoT (ViT included) learns."""
 
+import json
+
 import numpy as np
 import torch
 
@@ -68,3 +70,21 @@ def test_backbone_stage_runs_and_freezes_afterwards():
     assert len(hist) == 2 and set(hist[0]) == {"ce", "gen", "edit", "total"}
     assert bb.fingerprint() != before
     assert all(not p.requires_grad and p.grad is None for p in bb.model.parameters())
+
+
+def test_continued_run_starts_from_saved_weights_and_keeps_every_run_on_record(tmp_path):
+    from omnipersona.backbone import Backbone
+    from omnipersona.toyworld.pretrain import pretrain_toy
+
+    first = pretrain_toy(tmp_path / "a", PretrainConfig(vae_steps=2, vae_batch=2, steps=2, batch_size=2, warmup=1))
+    a = Backbone.load(tmp_path / "a")
+    second = pretrain_toy(tmp_path / "b", PretrainConfig(seed=1, steps=3, batch_size=2, warmup=1), init=tmp_path / "a")
+    b = Backbone.load(tmp_path / "b")
+    # the VAE is carried over untouched; the MoT moved on from the saved weights
+    assert torch.equal(a.model.vae.encoder.conv_in.weight, b.model.vae.encoder.conv_in.weight)
+    assert not torch.equal(a.model.connector.fc1.weight, b.model.connector.fc1.weight)
+    assert second["backbone_steps"] == 5 and len(second["runs"]) == 2
+    assert second["seconds"] >= first["seconds"] and second["runs"][1]["init"] == str(tmp_path / "a")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "losses.jsonl").read_text().splitlines()
+             if '"backbone"' in line]
+    assert steps == [1, 2, 3, 4, 5]

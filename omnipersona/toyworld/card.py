@@ -19,7 +19,8 @@ def model_card(folder: str | Path) -> str:
     pre = json.loads((folder / "pretrain.json").read_text())
     scores = json.loads((folder / "base_scores.json").read_text())
     config = json.loads((folder / "omni_config.json").read_text())
-    cfg = pre["config"]
+    runs = pre.get("runs", [pre])
+    first = runs[0]["config"]
     llm = config["llm"]
     n_params = scores.get("parameters", "?")
     lines = [
@@ -40,12 +41,19 @@ def model_card(folder: str | Path) -> str:
         f"- parameters: {n_params}; fingerprint `{pre['fingerprint'][:16]}`",
         "",
         "## Data mix and schedule",
-        f"- stage 1 (VAE): {cfg['vae_steps']} steps, batch {cfg['vae_batch']}, lr {cfg['vae_lr']}, "
-        f"KL weight {cfg['kl_weight']}",
-        f"- stage 2 (MoT): {pre['backbone_steps']} of {cfg['steps']} steps, batch {cfg['batch_size']}, lr {cfg['lr']} "
-        f"(warm-up {cfg['warmup']}, cosine to 10%)",
-        "- tasks per batch, by relative weight: " + ", ".join(f"{k} {v}" for k, v in cfg["mix"].items()),
-        f"- seed {cfg['seed']}; {pre['torch_threads']} torch threads",
+        f"- stage 1 (VAE): {first['vae_steps']} steps, batch {first['vae_batch']}, lr {first['vae_lr']}, "
+        f"KL weight {first['kl_weight']}",
+    ]
+    for i, run in enumerate(runs):
+        c = run["config"]
+        how = "from scratch" if not run.get("init") else "continued from the run before, fresh schedule"
+        lines += [
+            f"- stage 2 (MoT), run {i + 1} ({how}): {run['backbone_steps']} of {c['steps']} steps, batch "
+            f"{c['batch_size']}, lr {c['lr']} (warm-up {c['warmup']}, cosine to 10%), seed {c['seed']}, "
+            f"{run['seconds'] / 60:.1f} min, {run['torch_threads']} torch threads",
+            "  - tasks per batch, by relative weight: " + ", ".join(f"{k} {v}" for k, v in c["mix"].items()),
+        ]
+    lines += [
         "",
         "## Time and final losses",
         f"- {pre['seconds'] / 60:.1f} min in all (VAE {pre['vae_seconds'] / 60:.1f} min) on this 2-core machine",

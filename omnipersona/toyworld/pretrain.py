@@ -244,38 +244,64 @@ def pretrain_backbone(backbone: Backbone, cfg: PretrainConfig, progress: Progres
 
 
 def pretrain_toy(out: str | Path, cfg: PretrainConfig | None = None, minutes: float = 90.0,
-                 progress: ProgressFn | None = None) -> dict:
+                 progress: ProgressFn | None = None, init: str | Path | None = None) -> dict:
     """Both stages within `minutes` (stage 2 stops early at the deadline); saves the backbone,
-    `losses.jsonl` and `pretrain.json` (config, time, final losses) under `out`."""
+    `losses.jsonl` and `pretrain.json` (config, time, final losses) under `out`.
+
+    With `init` (a folder a previous run saved), stage 1 is skipped and stage 2 continues from
+    those weights with a fresh schedule (use another seed, so it draws new samples); the report
+    lists every run so the total time stays on record."""
     cfg = cfg or PretrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    backbone = new_toy_backbone(cfg.seed)
-    vae_hist = pretrain_vae(backbone, cfg, progress)
+    previous: list[dict] = []
+    if init is not None:
+        backbone = Backbone.load(init)
+        before = json.loads((Path(init) / "pretrain.json").read_text())
+        previous = before.get("runs", [before])
+        vae_hist: list[dict] = []
+    else:
+        backbone = new_toy_backbone(cfg.seed)
+        vae_hist = pretrain_vae(backbone, cfg, progress)
     vae_seconds = time.monotonic() - start
     mot_hist = pretrain_backbone(backbone, cfg, progress, deadline=start + minutes * 60)
     seconds = time.monotonic() - start
     backbone.save(out)
-    with open(out / "losses.jsonl", "w") as f:
+    first_step = sum(r["backbone_steps"] for r in previous)
+    mode = "a" if init is not None and Path(init).resolve() == out.resolve() else "w"
+    if init is not None and mode == "w" and (Path(init) / "losses.jsonl").is_file():
+        (out / "losses.jsonl").write_text((Path(init) / "losses.jsonl").read_text())
+        mode = "a"
+    with open(out / "losses.jsonl", mode) as f:
         for i, h in enumerate(vae_hist):
             f.write(json.dumps({"stage": "vae", "step": i + 1, **h}) + "\n")
         for i, h in enumerate(mot_hist):
-            f.write(json.dumps({"stage": "backbone", "step": i + 1, **h}) + "\n")
+            f.write(json.dumps({"stage": "backbone", "step": first_step + i + 1, **h}) + "\n")
 
     def tail(hist: list[dict]) -> dict:
         last = hist[-50:]
         return {k: sum(h[k] for h in last) / len(last) for k in last[0]} if last else {}
 
-    report = {
+    run = {
         "config": asdict(cfg),
+        "init": str(init) if init is not None else None,
         "vae_seconds": round(vae_seconds, 1),
         "seconds": round(seconds, 1),
         "backbone_steps": len(mot_hist),
         "final_vae_losses": tail(vae_hist),
         "final_backbone_losses": tail(mot_hist),
-        "fingerprint": backbone.fingerprint(),
         "torch_threads": torch.get_num_threads(),
+    }
+    runs = [{k: v for k, v in r.items() if k != "fingerprint"} for r in previous] + [run]
+    report = {
+        **run,
+        "final_vae_losses": next((r["final_vae_losses"] for r in runs if r["final_vae_losses"]), {}),
+        "vae_seconds": sum(r["vae_seconds"] for r in runs),
+        "seconds": round(sum(r["seconds"] for r in runs), 1),
+        "backbone_steps": sum(r["backbone_steps"] for r in runs),
+        "fingerprint": backbone.fingerprint(),
+        "runs": runs,
     }
     (out / "pretrain.json").write_text(json.dumps(report, indent=2))
     return report
