@@ -3,9 +3,7 @@ object store, job publisher) can be passed in; missing pieces are built from the
 
 from __future__ import annotations
 
-import logging
-
-from flask import Flask, g, jsonify
+from flask import Flask, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,8 +19,6 @@ from .queue import CeleryPublisher, Publisher
 from .renders.views import bp as renders_bp
 from .settings import Settings
 from .storage import ObjectStore, make_store
-
-log = logging.getLogger(__name__)
 
 PUBLIC_ENDPOINTS = {"healthz"}
 
@@ -43,8 +39,6 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
 
     @app.before_request
     def _authenticate() -> None:
-        from flask import request
-
         if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
             return
         g.principal = authenticate(session())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 from sqlalchemy.orm import Session
@@ -15,8 +14,6 @@ from ..queue import Publisher
 from ..scoping import get_scoped
 from ..storage import ObjectStore, tenant_key
 from .schemas import RenderCreate
-
-log = logging.getLogger(__name__)
 
 
 def input_key(tenant_id: uuid.UUID, render_id: uuid.UUID) -> str:
