@@ -22,6 +22,7 @@ def model_card(folder: str | Path) -> str:
     runs = pre.get("runs", [pre])
     first = runs[0]["config"]
     llm = config["llm"]
+    vae_down = 2 ** (len(config["vae"]["block_out_channels"]) - 1)
     n_params = scores.get("parameters", "?")
     lines = [
         "# `toy` backbone (pretrained on the toy world)",
@@ -36,8 +37,7 @@ def model_card(folder: str | Path) -> str:
         f"({llm['num_key_value_heads']} KV), vocabulary {llm['vocab_size']} words; two experts (understanding, "
         "generation) per layer",
         f"- images {config['image_size']}x{config['image_size']}; ViT patch {config['vit']['patch_size']}; VAE "
-        f"{config['vae_downsample']}x down, {config['vae']['latent_channels']} channels, latent patch "
-        f"{config['latent_patch_size']}",
+        f"{vae_down}x down, {config['vae']['latent_channels']} channels, latent patch {config['latent_patch_size']}",
         f"- parameters: {n_params}; fingerprint `{pre['fingerprint'][:16]}`",
         "",
         "## Data mix and schedule",

@@ -143,7 +143,11 @@ def evaluate_editing(backbone: Backbone, recogniser: Recogniser, n: int = 60, se
     sampler = SamplerConfig.for_editing(num_steps=sample_steps)
     ok: dict[str, list[bool]] = defaultdict(list)
     for i in range(n):
-        ex = tasks.edit(random_scene(rng), rng, kind=tasks.EDIT_KINDS[i % len(tasks.EDIT_KINDS)])
+        kind = tasks.EDIT_KINDS[i % len(tasks.EDIT_KINDS)]  # the same number of each kind
+        scene = random_scene(rng)
+        while kind not in tasks.feasible_edits(scene):
+            scene = random_scene(rng)
+        ex = tasks.edit(scene, rng, kind=kind)
         out = pipe.edit(render(ex.source, backbone.config.image_size, seed=i), ex.instruction, seed=i, sampler=sampler)
         ok[ex.kind].append(same_scene(recogniser.read([out.image])[0], ex.target))
     scores = {f"edit_{k}": float(np.mean(v)) for k, v in sorted(ok.items())}
