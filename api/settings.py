@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# The backbone the workers load when OMNI_BACKBONE is unset (`tiny`: random weights, fast; `toy`:
-# the pretrained toy-world backbone once its artifact is committed).
-DEFAULT_BACKBONE = "tiny"
+# The backbone the workers load when OMNI_BACKBONE is unset: `toy`, the committed backbone
+# pretrained on the toy world (the bundled example concept is from that world). Tests pin `tiny`.
+DEFAULT_BACKBONE = "toy"
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
