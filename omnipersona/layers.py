@@ -44,6 +44,12 @@ def routed(
     f_gen: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
     """Apply `f_und` to understanding rows and `f_gen` to generation rows of `x` ([L, ...])."""
+    # Flow steps are all generation tokens and text decoding all understanding tokens: one expert,
+    # no gather/scatter (the per-call overhead dominates at small scale).
+    if index.gen.numel() == 0:
+        return f_und(x)
+    if index.und.numel() == 0:
+        return f_gen(x)
     y_und = f_und(x[index.und])
     y_gen = f_gen(x[index.gen])
     out = y_und.new_empty((index.length, *y_und.shape[1:]))
