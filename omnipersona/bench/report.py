@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from .run import METRICS, BenchResult
 
 COLUMNS = (("rec", "Rec"), ("vqa", "VQA"), ("vqa_visual", "VQA vis"), ("vqa_fact", "VQA fact"),
-           ("gen", "Gen"), ("parg", "PARG"), ("edit", "Edit"))
+           ("gen", "Gen"), ("parg", "PARG"), ("parg_place", "PARG place"), ("edit", "Edit"))
 CELL = 64  # pixels per image in the grid
 
 

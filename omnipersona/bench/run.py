@@ -12,7 +12,8 @@ Rows (the paper's table, toy-world analogue):
 Metrics per concept (then averaged): Rec = balanced accuracy of "is <c> in this image ?" on
 held-out positives/negatives; VQA = exact match on attribute and fact questions; Gen = share of
 "a photo of <c>" images where the recogniser finds an object with the concept's identity;
-PARG = share of "<c> at its home" requests whose image shows the concept *and* its home;
+PARG = share of "<c> at its home" requests whose image shows the concept *and* its home
+(PARG place: the home alone, whatever object is drawn);
 Edit = share of personalised edits whose result reads as exactly the target scene.
 """
 
@@ -35,7 +36,7 @@ from ..toyworld.world import Scene
 from ..trainer import TrainRecipe, train_concept
 from .cases import BenchConcept, build_cases
 
-METRICS = ("rec", "vqa", "vqa_visual", "vqa_fact", "gen", "parg", "edit")
+METRICS = ("rec", "vqa", "vqa_visual", "vqa_fact", "gen", "parg", "parg_place", "edit")
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ def evaluate_concept(pipe: OmniPipeline, ref: str, case: BenchConcept, recognise
         "vqa_fact": float(np.mean(right["fact"])),
         "gen": float(np.mean([_has_identity(s, case) for s in read_gen])),
         "parg": float(np.mean([_has_identity(s, case) and s.place == home for s in read_parg])),
+        # the fact-derived half of PARG alone (the home drawn), whoever is drawn in it
+        "parg_place": float(np.mean([s.place == home for s in read_parg])),
         "edit": float(np.mean([same_scene(s, e.target) for s, (e, _) in zip(read_edit, case.edits, strict=True)])),
     }
     traces = [r.trace.to_dict() for r in pargs if r.trace is not None]
