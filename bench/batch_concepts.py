@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import torch
+from bench_table import print_table
 
 from omnipersona.backbone import load_backbone
 from omnipersona.pipeline import GenerateRequest, OmniPipeline
@@ -59,12 +60,8 @@ def main() -> int:
         ("max pixel difference batched vs alone", f"{max_diff}", "<= 1", max_diff <= 1),
         ("distinct images (one per concept)", f"{distinct}", f"{args.concepts}", distinct == args.concepts),
     ]
-    print(f"backbone {backbone.config.name}, {args.steps} flow steps, CFG on, {torch.get_num_threads()} threads")
-    print(f"| {'measure':40} | {'value':>8} | {'target':6} | ok |")
-    print(f"|{'-' * 42}|{'-' * 10}|{'-' * 8}|----|")
-    for name, value, target, ok in rows:
-        print(f"| {name:40} | {value:>8} | {target:6} | {'yes' if ok else 'NO'} |")
-    return 0 if all(ok for *_, ok in rows) else 1
+    return print_table(f"backbone {backbone.config.name}, {args.steps} flow steps, CFG on, "
+                       f"{torch.get_num_threads()} threads", rows)
 
 
 if __name__ == "__main__":

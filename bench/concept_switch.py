@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_table import print_table
 
 from omnipersona.artifacts import TOKENS_FILE, load_concept, save_concept
 from omnipersona.backbone import load_backbone
@@ -95,12 +96,7 @@ def main() -> int:
          f"{concept_params(bagel, recipe) * 2 / MB:.3f} MB", "", True),
         ("rank-16 LoRA, bagel-7b-mot (bf16)", f"{lora_params(bagel) * 2 / MB:.1f} MB", "", True),
     ]
-    print(f"backbone {backbone.config.name}, {torch.get_num_threads()} threads")
-    print(f"| {'measure':48} | {'value':>10} | {'target':6} | ok |")
-    print(f"|{'-' * 50}|{'-' * 12}|{'-' * 8}|----|")
-    for name, value, target, ok in rows:
-        print(f"| {name:48} | {value:>10} | {target:6} | {'yes' if ok else 'NO'} |")
-    return 0 if all(ok for *_, ok in rows) else 1
+    return print_table(f"backbone {backbone.config.name}, {torch.get_num_threads()} threads", rows)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 import time
 
 import torch
+from bench_table import print_table
 
 from omnipersona.backbone import load_backbone
 from omnipersona.pipeline import OmniPipeline
@@ -70,13 +71,8 @@ def main() -> int:
         ("CFG branches in one pass (above)", f"{cached_s * 1000:.0f} ms", "", True),
         ("speed-up from batching CFG", f"{sequential_s / cached_s:.2f}x", "> 1x", sequential_s > cached_s),
     ]
-    print(f"backbone {backbone.config.name}, {args.steps} flow steps, {side * side} latent tokens, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"| {'measure':40} | {'value':>9} | {'target':7} | ok |")
-    print(f"|{'-' * 42}|{'-' * 11}|{'-' * 9}|----|")
-    for name, value, target, ok in rows:
-        print(f"| {name:40} | {value:>9} | {target:7} | {'yes' if ok else 'NO'} |")
-    return 0 if all(ok for *_, ok in rows) else 1
+    return print_table(f"backbone {backbone.config.name}, {args.steps} flow steps, {side * side} latent tokens, "
+                       f"{torch.get_num_threads()} threads, median of {args.repeats}", rows)
 
 
 if __name__ == "__main__":
