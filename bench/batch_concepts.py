@@ -9,13 +9,12 @@ the throughput, with identical images (same seeds -> same pixels). Exits 1 if a 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import numpy as np
 import torch
-from bench_table import print_table
+from bench_common import bench_parser, parse, print_table
 
 from omnipersona.backbone import load_backbone
 from omnipersona.pipeline import GenerateRequest, OmniPipeline
@@ -25,14 +24,10 @@ from omnipersona.trainer import TrainRecipe, new_concept
 
 @torch.no_grad()
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="toy")
+    parser = bench_parser(__doc__)
     parser.add_argument("--concepts", type=int, default=8)
     parser.add_argument("--steps", type=int, default=50, help="flow steps per image")
-    parser.add_argument("--threads", type=int)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser)
     backbone = load_backbone(args.backbone)
     pipe = OmniPipeline(backbone, recaption=False)
     names = [f"c{i}" for i in range(args.concepts)]

@@ -14,7 +14,6 @@ Exits 1 if the switching target is missed.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_table import print_table
+from bench_common import bench_parser, parse, print_table
 
 from omnipersona.artifacts import TOKENS_FILE, load_concept, save_concept
 from omnipersona.backbone import load_backbone
@@ -49,13 +48,9 @@ def concept_params(config: OmniConfig, recipe: TrainRecipe) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="toy")
+    parser = bench_parser(__doc__)
     parser.add_argument("--switches", type=int, default=50)
-    parser.add_argument("--threads", type=int)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser)
 
     t0 = time.perf_counter()
     backbone = load_backbone(args.backbone)

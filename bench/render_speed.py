@@ -10,13 +10,12 @@ the other (target: batched faster). Prints a table; exits 1 if a target is misse
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
 import torch
-from bench_table import print_table
+from bench_common import bench_parser, parse, print_table
 
 from omnipersona.backbone import load_backbone
 from omnipersona.pipeline import OmniPipeline
@@ -37,14 +36,10 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
 
 @torch.no_grad()
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="toy")
+    parser = bench_parser(__doc__)
     parser.add_argument("--steps", type=int, default=50, help="flow steps per image")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser)
     backbone = load_backbone(args.backbone)
     pipe = OmniPipeline(backbone, recaption=False)
     pipe.add_concept(new_concept(backbone, "maeve", TrainRecipe()))

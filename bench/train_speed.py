@@ -14,13 +14,12 @@ Prints a table; exits 1 if a target is missed.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
 import torch
-from bench_table import print_table
+from bench_common import bench_parser, parse, print_table
 from torch.utils.flop_counter import FlopCounterMode
 
 from omnipersona.backbone import load_backbone
@@ -89,13 +88,9 @@ def step_flops(backbone, data: ConceptData, recipe: TrainRecipe, full_finetune: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="toy")
+    parser = bench_parser(__doc__)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant")
-    parser.add_argument("--threads", type=int)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser)
     backbone = load_backbone(args.backbone)
     data = ConceptData(load_image_folder(EXAMPLE / "photos"), read_facts(EXAMPLE / "facts.json"))
     recipe = TrainRecipe()
