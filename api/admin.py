@@ -1,6 +1,6 @@
 """Admin CLI.
 
-    python -m api.admin migrate                 # alembic upgrade head
+    python -m api.admin migrate                 # alembic upgrade heads
     python -m api.admin create-tenant NAME      # prints the tenant's first API key, once
     python -m api.admin create-key TENANT       # another key for an existing tenant
     python -m api.admin revoke-key PREFIX
@@ -39,7 +39,7 @@ def migrate(settings: Settings) -> None:
     config = Config(str(ALEMBIC_INI))
     config.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
     config.attributes["skip_logging_config"] = True
-    command.upgrade(config, "head")
+    command.upgrade(config, "heads")  # feature branches of the schema merge later
 
 
 def _new_key(session: Session, tenant: Tenant, user: User, name: str) -> str:
@@ -82,7 +82,7 @@ def revoke_key(session: Session, prefix: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m api.admin", description="OmniPersona admin commands")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="apply the Alembic migrations (alembic upgrade head)")
+    sub.add_parser("migrate", help="apply the Alembic migrations (alembic upgrade heads)")
     p = sub.add_parser("create-tenant", help="create a tenant with an owner user; prints its API key once")
     p.add_argument("name")
     p.add_argument("--email")
