@@ -56,7 +56,7 @@ def create_tenant(session: Session, name: str, email: str | None = None) -> tupl
     tenant = Tenant(name=name)
     session.add(tenant)
     session.flush()
-    user = User(tenant_id=tenant.id, email=email or f"owner@{name}.invalid", role="owner")
+    user = User(tenant_id=tenant.id, email=email or f"owner@{name}.invalid", role="tenant_admin")
     session.add(user)
     session.flush()
     return tenant, _new_key(session, tenant, user, "default")

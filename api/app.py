@@ -19,6 +19,7 @@ from .queue import CeleryPublisher, Publisher
 from .renders.views import bp as renders_bp
 from .settings import Settings
 from .storage import ObjectStore, make_store
+from .usage.views import bp as usage_bp
 
 PUBLIC_ENDPOINTS = {"healthz"}
 
@@ -56,4 +57,5 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
 
     for bp in (concepts_bp, jobs_bp, renders_bp):
         app.register_blueprint(bp)
+    app.register_blueprint(usage_bp)
     return app

@@ -3,16 +3,22 @@ query string. Revocation is checked on every request. The key itself is never lo
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from uuid import UUID
 
 from flask import g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .errors import ApiError, Unauthorized
+from .errors import ApiError, NotFound, Unauthorized
 from .keys import key_matches, parse_prefix
-from .models import ApiKey, utcnow
+from .models import ROLES, ApiKey, User, utcnow
+
+MEMBER, TENANT_ADMIN, PLATFORM_ADMIN = ROLES
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,11 @@ class Principal:
     tenant_id: UUID
     user_id: UUID
     key_id: UUID
+    role: str = MEMBER  # of the key's user: member | tenant_admin | platform_admin
+
+    def has_role(self, *roles: str) -> bool:
+        """A platform admin may do whatever any role may; the other roles only what they are named for."""
+        return self.role == PLATFORM_ADMIN or self.role in roles
 
 
 def _presented_key() -> str | None:
@@ -36,13 +47,35 @@ def authenticate(session: Session) -> Principal:
     if not presented:
         raise Unauthorized("Authorization", "missing API key (Authorization: Bearer <key>)")
     prefix = parse_prefix(presented)
-    key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).first() if prefix else None
-    if key is None or key.revoked_at is not None or not key_matches(presented, key.key_hash):
+    row = session.execute(
+        select(ApiKey, User.role).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == prefix)
+    ).first() if prefix else None
+    if row is None or row[0].revoked_at is not None or not key_matches(presented, row[0].key_hash):
         raise Unauthorized("Authorization", "invalid or revoked API key")
+    key, role = row
     key.last_used_at = utcnow()
     session.commit()
-    return Principal(key.tenant_id, key.user_id, key.id)
+    return Principal(key.tenant_id, key.user_id, key.id, role)
 
 
 def current_principal() -> Principal:
     return g.principal
+
+
+def require_role(*roles: str) -> Callable[[F], F]:
+    """A view only these roles (and platform admins) may use. Anyone else gets 404, as for a route
+    that does not exist, so the admin surface is not advertised to members."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}")
+
+    def wrap(view: F) -> F:
+        @functools.wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if not current_principal().has_role(*roles):
+                raise NotFound("path", "no such route")
+            return view(*args, **kwargs)
+
+        return guarded  # type: ignore[return-value]
+
+    return wrap

@@ -38,6 +38,8 @@ FINISHED_STATES = ("succeeded", "failed", "canceled")
 JOB_KINDS = ("train", "render")
 RENDER_KINDS = ("ask", "generate", "edit")
 CONCEPT_STATUSES = ("draft", "training", "ready", "failed")
+ROLES = ("member", "tenant_admin", "platform_admin")
+CAPTION_STATES = ("pending", "suggested", "accepted", "failed")
 
 
 def utcnow() -> datetime:
@@ -53,6 +55,10 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Per-tenant limits; NULL means the settings' default (OMNI_MAX_CONCEPTS, ...).
+    max_concepts: Mapped[int | None] = mapped_column(Integer)
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
 
 
 class User(Base):
@@ -61,7 +67,7 @@ class User(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     email: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(20), default="owner")
+    role: Mapped[str] = mapped_column(String(20), default="tenant_admin")  # one of ROLES
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -112,6 +118,9 @@ class ConceptImage(Base):
     height: Mapped[int] = mapped_column(Integer)
     filename: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The model's suggested caption (workers/captioning.py), editable; training uses it once accepted.
+    caption: Mapped[str | None] = mapped_column(Text)
+    caption_state: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
 
     concept: Mapped[Concept] = relationship(back_populates="images")
 
@@ -213,3 +222,17 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)  # None while the first request runs
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UsageRecord(Base):
+    """Metered work per tenant (training steps, renders). A job is counted once per kind, even
+    when its message is delivered twice (unique (job_id, kind))."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (UniqueConstraint("job_id", "kind"),)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # no FK: usage outlives a deleted concept's jobs
+    kind: Mapped[str] = mapped_column(String(40))
+    quantity: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

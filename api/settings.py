@@ -63,6 +63,13 @@ class Settings:
     max_image_pixels: int = 4096 * 4096
     max_images_per_concept: int = 100
     max_facts: int = 50
+    max_image_bytes: int = 10 * 1024 * 1024  # per uploaded file
+    min_images_to_train: int = 1
+    # Per-tenant limits (a tenant row's own value, when set, wins) and the rate-limit counter store.
+    max_concepts: int = 100
+    max_concurrent_jobs: int = 20
+    requests_per_minute: int = 600
+    redis_url: str | None = None  # rate-limit counters; else the broker when it is Redis; else in-process
 
     @property
     def uses_s3(self) -> bool:
@@ -105,6 +112,13 @@ class Settings:
             reap_every_seconds=_int(env, "OMNI_REAP_EVERY_SECONDS", 30),
             max_content_length=_int(env, "OMNI_MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
             max_image_pixels=_int(env, "OMNI_MAX_IMAGE_PIXELS", 4096 * 4096),
+            max_images_per_concept=_int(env, "OMNI_MAX_IMAGES_PER_CONCEPT", 100),
+            max_image_bytes=_int(env, "OMNI_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+            min_images_to_train=_int(env, "OMNI_MIN_TRAIN_IMAGES", 1),
+            max_concepts=_int(env, "OMNI_MAX_CONCEPTS", 100),
+            max_concurrent_jobs=_int(env, "OMNI_MAX_CONCURRENT_JOBS", 20),
+            requests_per_minute=_int(env, "OMNI_REQUESTS_PER_MINUTE", 600),
+            redis_url=env.get("OMNI_REDIS_URL") or None,
         )
 
     def ensure_local_dirs(self) -> None:

@@ -17,6 +17,7 @@ from ..celery_config import QUEUE_BY_KIND
 from ..errors import Conflict
 from ..models import FINISHED_STATES, Concept, Job, utcnow
 from ..queue import Publisher
+from ..usage.service import check_job_quota, record_job_usage
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ ERROR_MAX_CHARS = 2000
 
 def create_job(session: Session, tenant_id: uuid.UUID, kind: str, concept_id: uuid.UUID | None,
                payload: dict[str, Any]) -> Job:
+    check_job_quota(session, tenant_id, kind)  # 429 over the tenant's concurrent-job limit
     job = Job(tenant_id=tenant_id, kind=kind, queue=QUEUE_BY_KIND[kind], concept_id=concept_id, payload=payload,
               state="queued", progress=0.0, progress_history=[], attempts=0, cancel_requested=False)
     session.add(job)
@@ -97,7 +99,9 @@ def _finish(session: Session, job_id: uuid.UUID, state: str, **values: Any) -> b
 
 
 def succeed(session: Session, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
-    return _finish(session, job_id, "succeeded", result=result, progress=1.0, error=None)
+    finished = _finish(session, job_id, "succeeded", result=result, progress=1.0, error=None)
+    record_job_usage(session, job_id)  # metered once per job, even if delivered twice
+    return finished
 
 
 def fail(session: Session, job_id: uuid.UUID, error: str) -> bool:
