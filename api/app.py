@@ -20,6 +20,7 @@ from .renders.views import bp as renders_bp
 from .settings import Settings
 from .storage import ObjectStore, make_store
 from .usage.views import bp as usage_bp
+from .webhooks.views import bp as webhooks_bp
 
 PUBLIC_ENDPOINTS = {"healthz"}
 
@@ -58,4 +59,5 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     for bp in (concepts_bp, jobs_bp, renders_bp):
         app.register_blueprint(bp)
     app.register_blueprint(usage_bp)
+    app.register_blueprint(webhooks_bp)
     return app

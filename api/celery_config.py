@@ -13,6 +13,8 @@ from .settings import Settings
 TRAIN_TASK = "workers.train"
 RENDER_TASK = "workers.render"
 REAP_TASK = "workers.reap"
+WEBHOOK_DELIVER_TASK = "workers.deliver_webhook"
+WEBHOOK_RELAY_TASK = "workers.relay_webhooks"
 TASK_BY_KIND = {"train": TRAIN_TASK, "render": RENDER_TASK}
 QUEUE_BY_KIND = {"train": "train", "render": "render"}
 HOUSEKEEPING_QUEUE = "housekeeping"
@@ -50,8 +52,13 @@ def make_celery(settings: Settings) -> Celery:
             TRAIN_TASK: {"queue": QUEUE_BY_KIND["train"]},
             RENDER_TASK: {"queue": QUEUE_BY_KIND["render"]},
             REAP_TASK: {"queue": HOUSEKEEPING_QUEUE},
+            WEBHOOK_DELIVER_TASK: {"queue": HOUSEKEEPING_QUEUE},
+            WEBHOOK_RELAY_TASK: {"queue": HOUSEKEEPING_QUEUE},
         },
-        beat_schedule={"reap-stale-jobs": {"task": REAP_TASK, "schedule": float(settings.reap_every_seconds)}},
+        beat_schedule={
+            "reap-stale-jobs": {"task": REAP_TASK, "schedule": float(settings.reap_every_seconds)},
+            "relay-webhooks": {"task": WEBHOOK_RELAY_TASK, "schedule": float(settings.webhook_relay_seconds)},
+        },
         worker_hijack_root_logger=False,
     )
     return app

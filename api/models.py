@@ -192,6 +192,8 @@ class Render(Base):
     """An ask / generate / edit request and its outcome (answer or image, and the trace)."""
 
     __tablename__ = "renders"
+    # One render per batch item: a batch request retried or replayed cannot make two.
+    __table_args__ = (Index("uq_renders_batch_item", "batch_id", "batch_index", unique=True),)
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     concept_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("concepts.id", ondelete="CASCADE"), index=True)
@@ -206,6 +208,16 @@ class Render(Base):
     answer: Mapped[str | None] = mapped_column(Text)
     conditioned_prompt: Mapped[str | None] = mapped_column(Text)
     trace: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Renders naming several concepts (tenant-level generate): [{concept_id, version_id, identifier}];
+    # concept_id / version_id above hold the first one named.
+    concepts: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    guidance: Mapped[float | None] = mapped_column(Float)
+    size: Mapped[int | None] = mapped_column(Integer)  # output side in pixels; None: the backbone's own
+    num_images: Mapped[int | None] = mapped_column(Integer)
+    outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # [{key, seed, width, height}]
+    timings: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    batch_index: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -236,3 +248,67 @@ class UsageRecord(Base):
     kind: Mapped[str] = mapped_column(String(40))
     quantity: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+BATCH_STATES = ("running", "done", "canceled")
+WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "batch.done")
+DELIVERY_STATES = ("pending", "sending", "succeeded", "failed")
+
+
+class Batch(Base):
+    """Many generate renders from one request; each item is a `Render` with `batch_id` and its
+    index. `done` once every item's job has finished (the manifest is then in the store)."""
+
+    __tablename__ = "batches"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(20), default="running", index=True)
+    total: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the request as validated
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    counts: Mapped[dict[str, int] | None] = mapped_column(JSON)  # final items per state
+    manifest_object_key: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookSecret(Base):
+    """The tenant's signing secret (`whsec_...`). Kept in clear because signing needs it; shown to
+    the tenant only when created or rotated."""
+
+    __tablename__ = "webhook_secrets"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), unique=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint (the outbox row, written in the transaction of the state change).
+    Its id is the `webhook-id` the receiver sees on every attempt; `log` lists the attempts."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

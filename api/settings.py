@@ -63,6 +63,15 @@ class Settings:
     max_image_pixels: int = 4096 * 4096
     max_images_per_concept: int = 100
     max_facts: int = 50
+    # Renders, batches and webhooks.
+    max_render_size: int = 1024
+    max_batch_items: int = 1000
+    presigned_url_seconds: int = 3600
+    webhooks_allow_private: bool = False  # loopback / private / link-local targets (tests, on-prem)
+    webhook_max_attempts: int = 8
+    webhook_timeout_seconds: int = 10
+    webhook_relay_seconds: int = 5
+    webhook_backoff_seconds: int = 10  # first retry; doubles per attempt, at most 6 h
     max_image_bytes: int = 10 * 1024 * 1024  # per uploaded file
     min_images_to_train: int = 1
     # Per-tenant limits (a tenant row's own value, when set, wins) and the rate-limit counter store.
@@ -112,6 +121,14 @@ class Settings:
             reap_every_seconds=_int(env, "OMNI_REAP_EVERY_SECONDS", 30),
             max_content_length=_int(env, "OMNI_MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
             max_image_pixels=_int(env, "OMNI_MAX_IMAGE_PIXELS", 4096 * 4096),
+            max_render_size=_int(env, "OMNI_MAX_RENDER_SIZE", 1024),
+            max_batch_items=_int(env, "OMNI_MAX_BATCH_ITEMS", 1000),
+            presigned_url_seconds=_int(env, "OMNI_PRESIGNED_URL_SECONDS", 3600),
+            webhooks_allow_private=env.get("OMNI_WEBHOOKS_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes"),
+            webhook_max_attempts=_int(env, "OMNI_WEBHOOK_MAX_ATTEMPTS", 8),
+            webhook_timeout_seconds=_int(env, "OMNI_WEBHOOK_TIMEOUT_SECONDS", 10),
+            webhook_relay_seconds=_int(env, "OMNI_WEBHOOK_RELAY_SECONDS", 5),
+            webhook_backoff_seconds=_int(env, "OMNI_WEBHOOK_BACKOFF_SECONDS", 10),
             max_images_per_concept=_int(env, "OMNI_MAX_IMAGES_PER_CONCEPT", 100),
             max_image_bytes=_int(env, "OMNI_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
             min_images_to_train=_int(env, "OMNI_MIN_TRAIN_IMAGES", 1),

@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 import uuid
 
-from api.celery_config import REAP_TASK, RENDER_TASK, TRAIN_TASK, make_celery
+from api.celery_config import (
+    REAP_TASK,
+    RENDER_TASK,
+    TRAIN_TASK,
+    WEBHOOK_DELIVER_TASK,
+    WEBHOOK_RELAY_TASK,
+    make_celery,
+)
 from api.jobs import service as jobs
 from api.queue import CeleryPublisher
 from api.settings import Settings
@@ -13,6 +20,8 @@ from api.settings import Settings
 from .rendering import run_render_job
 from .runtime import runtime
 from .training import run_train_job
+from .webhooks import deliver_webhook as run_webhook_delivery
+from .webhooks import relay_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +58,20 @@ def reap() -> dict[str, int]:
                            max_attempts=rt.settings.max_attempts,
                            requeue_queued_after_seconds=rt.settings.requeue_queued_after_seconds)
     return {k: len(v) for k, v in vars(report).items()}
+
+
+@app.task(name=WEBHOOK_DELIVER_TASK)
+def deliver_webhook(delivery_id: str) -> str:
+    parsed = _job_id(delivery_id)
+    if parsed is None:
+        return "skipped"
+
+    def retry_later(next_id: uuid.UUID, countdown: int) -> None:
+        deliver_webhook.apply_async(args=[str(next_id)], countdown=countdown)
+
+    return run_webhook_delivery(runtime(), parsed, retry_later)
+
+
+@app.task(name=WEBHOOK_RELAY_TASK)
+def relay() -> int:
+    return relay_webhooks(runtime(), lambda delivery_id: deliver_webhook.delay(str(delivery_id)))

@@ -18,6 +18,7 @@ from ..errors import Conflict
 from ..models import FINISHED_STATES, Concept, Job, utcnow
 from ..queue import Publisher
 from ..usage.service import check_job_quota, record_job_usage
+from ..webhooks.service import emit_job_event
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def _finish(session: Session, job_id: uuid.UUID, state: str, **values: Any) -> b
         update(Job).where(Job.id == job_id, Job.state.not_in(FINISHED_STATES))
         .values(state=state, finished_at=utcnow(), **values)
     )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        emit_job_event(session, job_id, state)  # webhook outbox rows, committed with the state change
     session.commit()
     return result.rowcount == 1  # type: ignore[attr-defined]
 

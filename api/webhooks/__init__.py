@@ -1,0 +1,1 @@
+"""Webhook endpoints, the tenant's signing secret, and the delivery outbox."""
