@@ -2,6 +2,8 @@
 
     python -m api.admin migrate                 # alembic upgrade heads
     python -m api.admin create-tenant NAME      # prints the tenant's first API key, once
+                        [--platform-admin]      # its first user is a platform admin (the operators' tenant)
+    python -m api.admin set-limits TENANT [--max-concepts N] [--max-concurrent-jobs N] [--requests-per-minute N]
     python -m api.admin create-key TENANT       # another key for an existing tenant
     python -m api.admin revoke-key PREFIX
     python -m api.admin queue                   # jobs per queue and state
@@ -23,6 +25,7 @@ from .keys import generate_key
 from .models import ApiKey, Tenant, User, utcnow
 from .settings import Settings
 from .text_rules import NAME_RE
+from .usage.service import tenant_limits
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -48,7 +51,8 @@ def _new_key(session: Session, tenant: Tenant, user: User, name: str) -> str:
     return key.plaintext
 
 
-def create_tenant(session: Session, name: str, email: str | None = None) -> tuple[Tenant, str]:
+def create_tenant(session: Session, name: str, email: str | None = None,
+                  role: str = "tenant_admin") -> tuple[Tenant, str]:
     if not NAME_RE.match(name):
         raise AdminError(f"tenant name must match {NAME_RE.pattern}")
     if session.scalars(select(Tenant).where(Tenant.name == name)).first():
@@ -56,7 +60,7 @@ def create_tenant(session: Session, name: str, email: str | None = None) -> tupl
     tenant = Tenant(name=name)
     session.add(tenant)
     session.flush()
-    user = User(tenant_id=tenant.id, email=email or f"owner@{name}.invalid", role="tenant_admin")
+    user = User(tenant_id=tenant.id, email=email or f"owner@{name}.invalid", role=role)
     session.add(user)
     session.flush()
     return tenant, _new_key(session, tenant, user, "default")
@@ -70,6 +74,24 @@ def create_key(session: Session, tenant_name: str, key_name: str = "default") ->
     if user is None:
         raise AdminError(f"tenant {tenant_name!r} has no user")
     return _new_key(session, tenant, user, key_name)
+
+
+LIMIT_NAMES = ("max_concepts", "max_concurrent_jobs", "requests_per_minute")
+
+
+def set_limits(session: Session, tenant_name: str, **limits: int | None) -> dict[str, int]:
+    """Stores the given limits on the tenant row (a negative value resets one to the settings'
+    default); returns the limits now in force."""
+    tenant = session.scalars(select(Tenant).where(Tenant.name == tenant_name)).first()
+    if tenant is None:
+        raise AdminError(f"no tenant {tenant_name!r}")
+    for name, value in limits.items():
+        if name not in LIMIT_NAMES:
+            raise AdminError(f"unknown limit {name!r}")
+        if value is not None:
+            setattr(tenant, name, None if value < 0 else value)
+    session.flush()
+    return tenant_limits(session, tenant.id, Settings.from_env()).as_dict()
 
 
 def revoke_key(session: Session, prefix: str) -> None:
@@ -86,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("create-tenant", help="create a tenant with an owner user; prints its API key once")
     p.add_argument("name")
     p.add_argument("--email")
+    p.add_argument("--platform-admin", action="store_true", help="the first user is a platform admin")
+    p = sub.add_parser("set-limits", help="per-tenant limits (-1 resets one to the default); prints them")
+    p.add_argument("tenant")
+    for limit in LIMIT_NAMES:
+        p.add_argument("--" + limit.replace("_", "-"), type=int)
     p = sub.add_parser("create-key", help="a new API key for a tenant; printed once")
     p.add_argument("tenant")
     p.add_argument("--name", default="default")
@@ -102,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         factory = make_session_factory(make_engine(settings.database_url))
         with session_scope(factory) as session:
             if args.command == "create-tenant":
-                _, plaintext = create_tenant(session, args.name, args.email)
+                role = "platform_admin" if args.platform_admin else "tenant_admin"
+                _, plaintext = create_tenant(session, args.name, args.email, role)
                 print(plaintext)
+            elif args.command == "set-limits":
+                chosen = {name: getattr(args, name) for name in LIMIT_NAMES}
+                print(json.dumps(set_limits(session, args.tenant, **chosen), sort_keys=True))
             elif args.command == "create-key":
                 print(create_key(session, args.tenant, args.name))
             elif args.command == "revoke-key":

@@ -8,6 +8,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from .accounts.views import bp as accounts_bp
 from .auth import authenticate
 from .celery_config import make_celery
 from .concepts.views import bp as concepts_bp
@@ -16,6 +17,7 @@ from .db import make_engine, make_session_factory
 from .errors import register_error_handlers
 from .jobs.views import bp as jobs_bp
 from .queue import CeleryPublisher, Publisher
+from .ratelimit import install_rate_limiter
 from .renders.views import bp as renders_bp
 from .settings import Settings
 from .storage import ObjectStore, make_store
@@ -45,6 +47,8 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
             return
         g.principal = authenticate(session())
 
+    install_rate_limiter(app)  # after authentication: requests are counted per key
+
     @app.teardown_request
     def _close_session(_exc: BaseException | None) -> None:
         db_session = g.pop("db_session", None)
@@ -59,5 +63,6 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     for bp in (concepts_bp, jobs_bp, renders_bp):
         app.register_blueprint(bp)
     app.register_blueprint(usage_bp)
+    app.register_blueprint(accounts_bp)
     app.register_blueprint(webhooks_bp)
     return app
