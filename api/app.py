@@ -22,9 +22,13 @@ from .renders.views import bp as renders_bp
 from .settings import Settings
 from .storage import ObjectStore, make_store
 from .usage.views import bp as usage_bp
+from .versions.objects import PUBLIC_ENDPOINTS as OBJECT_ENDPOINTS
+from .versions.objects import bp as objects_bp
+from .versions.views import bp as versions_bp
 from .webhooks.views import bp as webhooks_bp
 
 PUBLIC_ENDPOINTS = {"healthz"}
+PUBLIC_ENDPOINTS |= OBJECT_ENDPOINTS  # presigned object URLs carry their own signature
 
 
 def create_app(settings: Settings | None = None, *, session_factory: sessionmaker[Session] | None = None,
@@ -63,6 +67,8 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     for bp in (concepts_bp, jobs_bp, renders_bp):
         app.register_blueprint(bp)
     app.register_blueprint(usage_bp)
+    app.register_blueprint(versions_bp)
+    app.register_blueprint(objects_bp)
     app.register_blueprint(accounts_bp)
     app.register_blueprint(webhooks_bp)
     return app

@@ -38,6 +38,8 @@ FINISHED_STATES = ("succeeded", "failed", "canceled")
 JOB_KINDS = ("train", "render")
 RENDER_KINDS = ("ask", "generate", "edit")
 CONCEPT_STATUSES = ("draft", "training", "ready", "failed")
+VERSION_SOURCES = ("trained", "stopped", "mock")  # finished, "stop and keep", the `mock` recipe
+SNAPSHOT_KINDS = ("preview", "saved")  # a sample image at a checkpoint, tokens saved on request
 ROLES = ("member", "tenant_admin", "platform_admin")
 CAPTION_STATES = ("pending", "suggested", "accepted", "failed")
 
@@ -156,6 +158,10 @@ class ConceptVersion(Base):
     backbone_fingerprint: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The version whose tokens this one's training started from (warm start); None: from scratch.
+    # No foreign key (see migration 0004): parent and child belong to one concept and go with it.
+    parent_version_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    source: Mapped[str] = mapped_column(String(20), default="trained", server_default="trained")  # VERSION_SOURCES
 
 
 class Job(Base):
@@ -186,6 +192,11 @@ class Job(Base):
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Training controls: the job this one retries; "save now" requests (a counter, so two requests
+    # are two snapshots); "stop and keep" (with cancel_requested: stop, but record a version).
+    retry_of_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # same concept's job; no key (migration 0004)
+    save_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    keep_on_stop: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class Render(Base):
@@ -312,3 +323,22 @@ class WebhookDelivery(Base):
     log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TrainingSnapshot(Base):
+    """Something a running training left on the way: a preview image rendered from the tokens at a
+    checkpoint, or the tokens themselves saved on request ("save now"). One per (job, kind, step),
+    so a redelivered job cannot make two."""
+
+    __tablename__ = "training_snapshots"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "step"),)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # one of SNAPSHOT_KINDS
+    step: Mapped[int] = mapped_column(Integer)
+    image_key: Mapped[str | None] = mapped_column(String(500))  # preview PNG
+    tokens_prefix: Mapped[str | None] = mapped_column(String(500))  # saved tokens.safetensors + concept.json
+    prompt: Mapped[str | None] = mapped_column(String(200))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

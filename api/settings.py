@@ -83,6 +83,14 @@ class Settings:
     @property
     def uses_s3(self) -> bool:
         return bool(self.s3_bucket)
+    # Training recipes, previews, downloads.
+    max_train_batch_size: int = 64
+    max_loss_weight: float = 10.0
+    preview_every: int = 0  # steps between preview samples; 0: at every checkpoint (checkpoint_every)
+    preview_sample_steps: int = 8
+    mock_train_steps: int = 2  # the `mock` recipe: a real, barely trained artifact in seconds
+    max_presigned_url_seconds: int = 7 * 24 * 3600  # S3's own limit for SigV4 URLs
+    store_signing_key: str | None = field(default=None, repr=False)  # local store's download URLs
 
     @property
     def work_dir(self) -> Path:
@@ -143,3 +151,10 @@ class Settings:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.uses_s3 and self.local_store_dir is not None:
             self.local_store_dir.mkdir(parents=True, exist_ok=True)
+            max_train_batch_size=_int(env, "OMNI_MAX_TRAIN_BATCH_SIZE", 64),
+            max_loss_weight=float(env.get("OMNI_MAX_LOSS_WEIGHT") or 10.0),
+            preview_every=_int(env, "OMNI_PREVIEW_EVERY", 0),
+            preview_sample_steps=_int(env, "OMNI_PREVIEW_SAMPLE_STEPS", 8),
+            mock_train_steps=_int(env, "OMNI_MOCK_TRAIN_STEPS", 2),
+            max_presigned_url_seconds=_int(env, "OMNI_MAX_PRESIGNED_URL_SECONDS", 7 * 24 * 3600),
+            store_signing_key=env.get("OMNI_STORE_SIGNING_KEY") or None,

@@ -5,12 +5,17 @@ prefix with another's."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
+import secrets
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote, urlencode
 
 from .settings import Settings
 
@@ -40,13 +45,59 @@ class ObjectStore(Protocol):
 
     def list_keys(self, prefix: str) -> list[str]: ...
 
+    def presigned_url(self, key: str, expires_in: int) -> str:
+        """A URL that fetches the object without an API key until `expires_in` seconds from now.
+        The local store's is a path (`/v1/objects/...`) for the API to make absolute."""
+        ...
+
+
+LOCAL_OBJECTS_PATH = "/v1/objects/"
+
+
+def _load_or_create_signing_key(path: Path) -> bytes:
+    """One key per store folder, shared by every process that serves it (gunicorn workers): the
+    first process writes it (link: all or nothing), the others read it."""
+    if not path.is_file():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".signing-key-")
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return path.read_text().strip().encode()
+
 
 class LocalStore:
-    """A folder; writes go to a temporary file first, then an atomic rename."""
+    """A folder; writes go to a temporary file first, then an atomic rename. Download URLs are
+    HMAC-signed with an expiry and served by the API (`api/versions/objects.py`)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, signing_key: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._signing_key = (signing_key.encode() if signing_key
+                             else _load_or_create_signing_key(self.root.with_name(f".{self.root.name}-signing-key")))
+
+    def _signature(self, key: str, expires: int) -> str:
+        return hmac.new(self._signing_key, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def presigned_url(self, key: str, expires_in: int) -> str:
+        self._path(key)  # refuses keys outside the store
+        expires = int(time.time()) + expires_in
+        query = urlencode({"expires": expires, "signature": self._signature(key, expires)})
+        return f"{LOCAL_OBJECTS_PATH}{quote(key)}?{query}"
+
+    def check_signature(self, key: str, expires: str, signature: str, now: float | None = None) -> bool:
+        """True when `signature` was made by `presigned_url` for this key and has not expired."""
+        try:
+            expires_at = int(expires)
+        except ValueError:
+            return False
+        if expires_at < (time.time() if now is None else now):
+            return False
+        return hmac.compare_digest(self._signature(key, expires_at), signature)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -140,6 +191,10 @@ class S3Store:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
+    def presigned_url(self, key: str, expires_in: int) -> str:
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                  ExpiresIn=expires_in)
+
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
@@ -153,4 +208,4 @@ def make_store(settings: Settings) -> ObjectStore:
         return S3Store(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_access_key_id,
                        settings.s3_secret_access_key, settings.s3_region)
     assert settings.local_store_dir is not None
-    return LocalStore(settings.local_store_dir)
+    return LocalStore(settings.local_store_dir, settings.store_signing_key)

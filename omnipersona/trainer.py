@@ -206,11 +206,14 @@ def train_concept(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: str | Path | None = None,
+    after_step: Callable[[int, ConceptTokens], None] | None = None,
 ) -> TrainResult:
     """Train the tokens of concept `name` on `data`; the backbone stays bit-identical.
 
     `init` warm-starts from existing tokens (a new version after more photos or facts). With
-    `checkpoint_dir`, a run resumes from its `latest` checkpoint there.
+    `checkpoint_dir`, a run resumes from its `latest` checkpoint there. `after_step(step, tokens)`
+    sees the live tokens after each step (and its checkpoint), e.g. to render a preview or save
+    them on request; it must not modify them.
     """
     recipe = recipe or TrainRecipe()
     if recipe.backend not in ("torch", "deepspeed"):
@@ -254,6 +257,8 @@ def train_concept(
             progress(step, recipe.steps, parts)
         if ckpt is not None and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
             save_checkpoint(ckpt, step, concept, optimizer, generator, history, recipe)
+        if after_step is not None:
+            after_step(step, concept)
     if ckpt is not None and (stopped or not recipe.checkpoint_every or step % recipe.checkpoint_every):
         save_checkpoint(ckpt, step, concept, optimizer, generator, history, recipe)
     return TrainResult(concept, history, step, resumed_from, stopped, time.monotonic() - start_time)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -103,13 +104,19 @@ def active_training_job(session: Session, concept: Concept) -> Job | None:
     ).first()
 
 
-def start_training(session: Session, publisher: Publisher, concept: Concept, steps: int, backbone: str) -> Job:
+def start_training(session: Session, publisher: Publisher, concept: Concept, steps: int, backbone: str,
+                   recipe: dict[str, Any] | None = None) -> Job:
+    """`recipe`: the rest of the job's payload (see `api.jobs.schemas.training_recipe`); a concept
+    with a version warm-starts from it unless the recipe says `warm_start: false`."""
     if not concept.images:
         raise Conflict("images", "upload at least one image before training")
     if active_training_job(session, concept) is not None:
         raise Conflict("concept", "this concept is already training")
     try:
-        job = jobs.create_job(session, concept.tenant_id, "train", concept.id, {"steps": steps, "backbone": backbone})
+        payload: dict[str, Any] = {**(recipe or {}), "steps": steps, "backbone": backbone}
+        if payload.get("warm_start", True) and concept.current_version_id is not None:
+            payload["init_version_id"] = str(concept.current_version_id)
+        job = jobs.create_job(session, concept.tenant_id, "train", concept.id, payload)
         concept.status = "training"
         session.commit()
     except IntegrityError as exc:  # a concurrent request started one first (uq_jobs_one_active_training)

@@ -7,9 +7,10 @@ from flask.typing import ResponseReturnValue
 
 from ..context import json_body, principal, services, session
 from ..idempotency import idempotent
-from ..jobs.schemas import job_dict
+from ..jobs.schemas import JobOut, TrainRequest, job_dict, training_recipe
+from ..spec import documented, parse_body
 from . import service
-from .schemas import concept_dict, image_dict, parse_concept_create, parse_train_request
+from .schemas import concept_dict, image_dict, parse_concept_create
 
 bp = Blueprint("concepts", __name__, url_prefix="/v1/concepts")
 
@@ -44,11 +45,12 @@ def upload_images(concept_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/<concept_id>/train")
+@documented(request=TrainRequest, response=JobOut, status=202, errors=(400, 404, 409, 422, 429))
 @idempotent
 def train(concept_id: str) -> ResponseReturnValue:
     settings = services().settings
-    steps = parse_train_request(json_body(),
-                                settings.default_train_steps, settings.max_train_steps)
+    recipe = training_recipe(parse_body(TrainRequest), settings)  # recipe overrides within bounds
     concept = service.get_concept(session(), principal().tenant_id, concept_id)
-    job = service.start_training(session(), services().publisher, concept, steps, settings.backbone)
+    job = service.start_training(session(), services().publisher, concept, recipe["steps"], settings.backbone,
+                                 recipe)
     return jsonify(job_dict(job)), 202

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..celery_config import QUEUE_BY_KIND
@@ -125,9 +126,116 @@ def request_cancel(session: Session, job: Job) -> Job:
         settle_concept_after(session, job)
     else:
         job.cancel_requested = True
+        job.keep_on_stop = False  # a cancel after "stop and keep" discards after all
         session.commit()
     session.refresh(job)
     return job
+
+
+def request_stop_and_keep(session: Session, job: Job) -> Job:
+    """"Stop and keep": a running training stops at its next step and records a version from the
+    tokens it has; a queued one has no tokens yet and is canceled."""
+    if job.kind != "train":
+        raise Conflict("job", "only training jobs can be stopped and kept")
+    if job.state in FINISHED_STATES:
+        raise Conflict("state", f"job is already {job.state}")
+    if job.state == "queued":
+        return request_cancel(session, job)
+    session.execute(update(Job).where(Job.id == job.id, Job.state == "running")
+                    .values(cancel_requested=True, keep_on_stop=True))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def request_save(session: Session, job: Job) -> Job:
+    """"Save now": the running training saves its current tokens at its next step (a snapshot on
+    the job). A counter, not a flag, so that two requests are two saves."""
+    if job.kind != "train":
+        raise Conflict("job", "only training jobs save tokens")
+    if job.state != "running":
+        raise Conflict("state", f"only a running training can save now; this job is {job.state}")
+    session.execute(update(Job).where(Job.id == job.id).values(save_requests=Job.save_requests + 1))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+RETRYABLE_STATES = ("failed", "canceled")
+
+
+def retry_job(session: Session, job: Job, publisher: Publisher) -> Job:
+    """Run a failed or canceled job again. A training retry is a new job (`retry_of` the old one)
+    with the same recipe, warm-starting from whatever version the concept has now; another kind of
+    job (a render) is put back on its queue as it is, with its attempts reset."""
+    if job.state not in RETRYABLE_STATES:
+        raise Conflict("state", f"only a failed or canceled job can be retried; this one is {job.state}")
+    if job.kind != "train":
+        result = session.execute(
+            update(Job).where(Job.id == job.id, Job.state.in_(RETRYABLE_STATES))
+            .values(state="queued", attempts=0, cancel_requested=False, keep_on_stop=False, error=None,
+                    result=None, progress=0.0, progress_history=[], started_at=None, heartbeat_at=None,
+                    finished_at=None, published_at=None)
+        )
+        session.commit()
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict("state", "the job changed while being retried")
+        session.refresh(job)
+        publish(session, job, publisher)
+        return job
+    concept = session.get(Concept, job.concept_id) if job.concept_id else None
+    if concept is None or concept.tenant_id != job.tenant_id:
+        raise Conflict("concept", "the job's concept is gone")
+    payload = {k: v for k, v in job.payload.items() if k != "init_version_id"}
+    if payload.get("warm_start", True) and concept.current_version_id is not None:
+        payload["init_version_id"] = str(concept.current_version_id)
+    try:
+        retried = create_job(session, job.tenant_id, "train", concept.id, payload)
+        retried.retry_of_id = job.id
+        concept.status = "training"
+        session.commit()
+    except IntegrityError as exc:  # another training of this concept started first
+        session.rollback()
+        raise Conflict("concept", "this concept is already training") from exc
+    publish(session, retried, publisher)
+    return retried
+
+
+def queue_position(session: Session, job: Job, recent: int = 20) -> dict[str, Any] | None:
+    """Where a queued job stands: jobs queued before it in the same queue, jobs running there,
+    and an ETA until it starts. Durations come from the queue's last `recent` finished jobs; for
+    training, per step (so a long job ahead counts for more). Parallelism is taken to be the number
+    of jobs running now (at least one): the API cannot see the workers."""
+    if job.state != "queued":
+        return None
+    ahead = list(session.scalars(
+        select(Job).where(Job.queue == job.queue, Job.state == "queued", Job.id != job.id,
+                          or_(Job.created_at < job.created_at,
+                              (Job.created_at == job.created_at) & (Job.id < job.id)))
+    ))
+    running = list(session.scalars(select(Job).where(Job.queue == job.queue, Job.state == "running")))
+    finished = session.execute(
+        select(Job.started_at, Job.finished_at, Job.payload).where(
+            Job.queue == job.queue, Job.state == "succeeded", Job.started_at.is_not(None),
+            Job.finished_at.is_not(None)).order_by(Job.finished_at.desc()).limit(recent)
+    ).all()
+    report: dict[str, Any] = {"position": len(ahead) + 1, "ahead": len(ahead), "running": len(running),
+                              "eta_seconds": None}
+    durations = [((f - s).total_seconds(), int(p.get("steps") or 0)) for s, f, p in finished]
+    if not durations:
+        return report
+    mean_seconds = sum(d for d, _ in durations) / len(durations)
+    total_steps = sum(n for _, n in durations)
+    per_step = sum(d for d, _ in durations) / total_steps if job.kind == "train" and total_steps else None
+
+    def expected(other: Job) -> float:
+        steps = int(other.payload.get("steps") or 0)
+        return per_step * steps if per_step is not None and steps else mean_seconds
+
+    work = sum(expected(other) for other in ahead)
+    work += sum(expected(other) * (1.0 - (other.progress or 0.0)) for other in running)
+    report["eta_seconds"] = round(work / max(1, len(running)), 2)
+    return report
 
 
 def settle_concept_after(session: Session, job: Job) -> None:
