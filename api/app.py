@@ -13,9 +13,13 @@ from .auth import authenticate
 from .celery_config import make_celery
 from .concepts.views import bp as concepts_bp
 from .context import EXTENSION, Services, session
+from .dashboard import auth as dashboard_auth
+from .dashboard.views import bp as dashboard_bp
 from .db import make_engine, make_session_factory
 from .errors import register_error_handlers
 from .jobs.views import bp as jobs_bp
+from .logging_setup import init_request_logging
+from .metrics import init_metrics
 from .queue import CeleryPublisher, Publisher
 from .ratelimit import install_rate_limiter
 from .renders.views import bp as renders_bp
@@ -27,8 +31,10 @@ from .versions.objects import bp as objects_bp
 from .versions.views import bp as versions_bp
 from .webhooks.views import bp as webhooks_bp
 
-PUBLIC_ENDPOINTS = {"healthz"}
+PUBLIC_ENDPOINTS = {"healthz", "metrics"}  # /metrics checks its own token (OMNI_METRICS_TOKEN)
 PUBLIC_ENDPOINTS |= OBJECT_ENDPOINTS  # presigned object URLs carry their own signature
+# The dashboard authenticates by its own session cookie (browsers cannot send a bearer header).
+SELF_AUTHENTICATED_BLUEPRINTS = {"dashboard"}
 
 
 def create_app(settings: Settings | None = None, *, session_factory: sessionmaker[Session] | None = None,
@@ -47,7 +53,8 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
 
     @app.before_request
     def _authenticate() -> None:
-        if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+        if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None \
+                or request.blueprint in SELF_AUTHENTICATED_BLUEPRINTS:
             return
         g.principal = authenticate(session())
 
@@ -59,6 +66,10 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
         if db_session is not None:
             db_session.close()  # rolls back whatever a failed request left uncommitted
 
+    init_request_logging(app)
+    init_metrics(app, token=settings.metrics_token)
+    dashboard_auth.init_secret(app, settings.secret_key)
+
     @app.get("/healthz")
     def healthz() -> ResponseReturnValue:
         session().execute(text("SELECT 1"))
@@ -67,6 +78,7 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     for bp in (concepts_bp, jobs_bp, renders_bp):
         app.register_blueprint(bp)
     app.register_blueprint(usage_bp)
+    app.register_blueprint(dashboard_bp)
     app.register_blueprint(versions_bp)
     app.register_blueprint(objects_bp)
     app.register_blueprint(accounts_bp)

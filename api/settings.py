@@ -63,6 +63,10 @@ class Settings:
     max_image_pixels: int = 4096 * 4096
     max_images_per_concept: int = 100
     max_facts: int = 50
+    # Operators: the admin dashboard's session cookie and the /metrics scrape token.
+    secret_key: str | None = field(default=None, repr=False)  # unset: generated per process
+    admin_session_seconds: int = 8 * 3600
+    metrics_token: str | None = field(default=None, repr=False)  # unset: /metrics is open
     # Renders, batches and webhooks.
     max_render_size: int = 1024
     max_batch_items: int = 1000
@@ -129,6 +133,9 @@ class Settings:
             reap_every_seconds=_int(env, "OMNI_REAP_EVERY_SECONDS", 30),
             max_content_length=_int(env, "OMNI_MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
             max_image_pixels=_int(env, "OMNI_MAX_IMAGE_PIXELS", 4096 * 4096),
+            secret_key=env.get("OMNI_SECRET_KEY") or None,
+            admin_session_seconds=_int(env, "OMNI_ADMIN_SESSION_SECONDS", 8 * 3600),
+            metrics_token=env.get("OMNI_METRICS_TOKEN") or None,
             max_render_size=_int(env, "OMNI_MAX_RENDER_SIZE", 1024),
             max_batch_items=_int(env, "OMNI_MAX_BATCH_ITEMS", 1000),
             presigned_url_seconds=_int(env, "OMNI_PRESIGNED_URL_SECONDS", 3600),

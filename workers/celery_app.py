@@ -14,6 +14,7 @@ from api.celery_config import (
     make_celery,
 )
 from api.jobs import service as jobs
+from api.logging_setup import connect_celery_logging
 from api.queue import CeleryPublisher
 from api.settings import Settings
 
@@ -26,6 +27,7 @@ from .webhooks import relay_webhooks
 log = logging.getLogger(__name__)
 
 app = make_celery(Settings.from_env())
+connect_celery_logging()  # JSON logs in worker processes, each line tagged with its job id
 
 
 def _job_id(raw: str) -> uuid.UUID | None:

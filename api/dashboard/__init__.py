@@ -1,0 +1,1 @@
+"""The operators' dashboard at /admin (server-rendered HTML, platform admins only)."""

@@ -1,0 +1,188 @@
+"""What the operators' dashboard shows and does. This is the one place that reads across tenants
+on purpose: only platform admins reach it (see views.py), and every row it shows names its tenant.
+Cancel uses the jobs service; retry puts a failed or canceled job back on its queue."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .. import models
+from ..errors import Conflict, NotFound
+from ..jobs import service as jobs
+from ..models import Concept, Job, Tenant, utcnow
+from ..queue import Publisher
+from .schemas import JobFilter
+
+log = logging.getLogger(__name__)
+
+RECENT_FAILURES = 20
+JOBS_PAGE = 200
+INSPECT_TIMEOUT_SECONDS = 1.0
+RETRYABLE_STATES = ("failed", "canceled")
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:  # SQLite returns naive datetimes, stored in UTC
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: uuid.UUID
+    tenant: str
+    kind: str
+    queue: str
+    state: str
+    progress: float
+    attempts: int
+    error: str | None
+    created_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_age_seconds: float | None
+    cancel_requested: bool
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.state in ("queued", "running") and not self.cancel_requested
+
+    @property
+    def can_retry(self) -> bool:
+        return self.state in RETRYABLE_STATES
+
+
+def _rows(session: Session, query: Any, now: datetime) -> list[JobRow]:
+    rows = []
+    for job, tenant_name in session.execute(query):
+        heartbeat = _aware(job.heartbeat_at)
+        age = (now - heartbeat).total_seconds() if heartbeat is not None and job.state == "running" else None
+        rows.append(JobRow(job.id, tenant_name, job.kind, job.queue, job.state, job.progress or 0.0, job.attempts,
+                           job.error, _aware(job.created_at), _aware(job.finished_at), age, job.cancel_requested))
+    return rows
+
+
+def _with_tenant() -> Any:
+    return select(Job, Tenant.name).join(Tenant, Tenant.id == Job.tenant_id)
+
+
+def running_jobs(session: Session, now: datetime | None = None) -> list[JobRow]:
+    query = _with_tenant().where(Job.state == "running").order_by(Job.started_at)
+    return _rows(session, query, now or utcnow())
+
+
+def recent_failures(session: Session, limit: int = RECENT_FAILURES) -> list[JobRow]:
+    query = _with_tenant().where(Job.state == "failed").order_by(Job.finished_at.desc().nulls_last()).limit(limit)
+    return _rows(session, query, utcnow())
+
+
+def filtered_jobs(session: Session, flt: JobFilter) -> list[JobRow]:
+    query = _with_tenant().order_by(Job.created_at.desc()).limit(JOBS_PAGE)
+    if flt.state:
+        query = query.where(Job.state == flt.state)
+    if flt.queue:
+        query = query.where(Job.queue == flt.queue)
+    if flt.kind:
+        query = query.where(Job.kind == flt.kind)
+    if flt.tenant:
+        query = query.where(Tenant.name == flt.tenant)
+    return _rows(session, query, utcnow())
+
+
+def jobs_by_state(session: Session) -> dict[str, int]:
+    counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+    return {state: int(counts.get(state, 0)) for state in models.JOB_STATES}
+
+
+def queue_names(session: Session) -> list[str]:
+    return sorted(set(session.scalars(select(Job.queue).distinct())) | {"train", "render"})
+
+
+def tenant_names(session: Session) -> list[str]:
+    return list(session.scalars(select(Tenant.name).order_by(Tenant.name)))
+
+
+def usage_by_tenant(session: Session) -> list[tuple[str, str, int]]:
+    """(tenant, kind, total) of metered usage; empty while no usage table exists or nothing is recorded."""
+    usage = getattr(models, "UsageRecord", None)
+    if usage is None:
+        return []
+    rows = session.execute(
+        select(Tenant.name, usage.kind, func.sum(usage.quantity)).join(Tenant, Tenant.id == usage.tenant_id)
+        .group_by(Tenant.name, usage.kind).order_by(Tenant.name, usage.kind)
+    ).all()
+    return [(name, kind, int(total or 0)) for name, kind, total in rows]
+
+
+def workers_seen(publisher: Publisher, timeout: float = INSPECT_TIMEOUT_SECONDS) -> tuple[list[str], str | None]:
+    """Worker names that answered a Celery ping within `timeout`, and a note when none could be asked."""
+    app = getattr(publisher, "app", None)
+    if app is None:
+        return [], "this publisher cannot reach the workers"
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    except Exception as exc:  # a broker that is down or cannot broadcast: say so, keep the page up
+        return [], f"could not ask the workers ({type(exc).__name__})"
+    names = sorted(name for reply in replies for name in reply)
+    return names, None if names else f"no worker answered within {timeout:g}s"
+
+
+def heartbeating_jobs(session: Session, within_seconds: int, now: datetime | None = None) -> int:
+    """Running jobs whose worker touched them recently: evidence of live workers even without a ping."""
+    now = now or utcnow()
+    recent = [job for job in running_jobs(session, now)
+              if job.heartbeat_age_seconds is not None and job.heartbeat_age_seconds <= within_seconds]
+    return len(recent)
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    """Any tenant's job (platform admins only reach this)."""
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError as exc:
+        raise NotFound("job", f"no job {job_id}") from exc
+    job = session.get(Job, parsed)
+    if job is None:
+        raise NotFound("job", f"no job {job_id}")
+    return job
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    return jobs.request_cancel(session, job)
+
+
+def retry_job(session: Session, publisher: Publisher, job: Job) -> Job:
+    """A failed or canceled job goes back to `queued` with fresh attempts and is published again.
+    The same row is reused, so its id (what the customer holds) stays valid; a training job is
+    refused while another training of the same concept is unfinished."""
+    if job.state not in RETRYABLE_STATES:
+        raise Conflict("state", f"only failed or canceled jobs can be retried; this one is {job.state}")
+    try:
+        result = session.execute(
+            update(Job).where(Job.id == job.id, Job.state.in_(RETRYABLE_STATES))
+            .values(state="queued", attempts=0, progress=0.0, progress_history=[], cancel_requested=False,
+                    error=None, result=None, heartbeat_at=None, started_at=None, finished_at=None,
+                    published_at=None)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            raise Conflict("state", "the job changed state meanwhile; reload and try again")
+        if job.kind == "train" and job.concept_id is not None:
+            concept = session.get(Concept, job.concept_id)
+            if concept is not None:
+                concept.status = "training"
+        session.commit()
+    except IntegrityError as exc:  # uq_jobs_one_active_training: the concept is training already
+        session.rollback()
+        raise Conflict("concept", "this concept has another unfinished training job") from exc
+    session.refresh(job)
+    if not jobs.publish(session, job, publisher):
+        log.warning("retried job %s is queued but not yet published; the reaper will publish it", job.id)
+    return job
