@@ -297,6 +297,7 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(seed=args.seed)
     cfg.steps = args.steps or cfg.steps
     cfg.vae_steps = args.vae_steps or cfg.vae_steps
+    cfg.vit_steps = args.vit_steps or cfg.vit_steps
     for item in args.mix or []:
         task, _, weight = item.partition("=")
         if task not in cfg.mix:
@@ -479,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=positive_int, help="backbone steps (default: PretrainConfig's)")
     p.add_argument("--vae-steps", type=positive_int, help="VAE steps (default: PretrainConfig's)")
+    p.add_argument("--vit-steps", type=positive_int, help="ViT dense-reading steps (default: PretrainConfig's)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.add_argument("--init", metavar="DIR", help="continue stage 2 from a saved run (skips the VAE stage)")
     p.add_argument("--mix", nargs="+", metavar="TASK=WEIGHT", help="override task weights of the batch mix")

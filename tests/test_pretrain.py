@@ -11,8 +11,10 @@ from omnipersona.toyworld.pretrain import (
     make_sample,
     new_toy_backbone,
     pack_world_batch,
+    patch_labels,
     pretrain_backbone,
     pretrain_vae,
+    pretrain_vit,
     trainable_parameters,
 )
 
@@ -37,6 +39,32 @@ def test_vae_stage_reduces_reconstruction_error_and_sets_latent_scale():
     last = np.mean([h["mse"] for h in hist[-5:]])
     assert last < 0.7 * first, (first, last)
     assert bb.config.vae["scaling_factor"] != 1.0 and not any(p.requires_grad for p in bb.model.vae.parameters())
+
+
+def test_patch_labels_mark_the_patches_an_object_covers():
+    from omnipersona.toyworld.world import ObjectSpec, Scene
+
+    scene = Scene("snow", (ObjectSpec("star", "red", "dotted", "large", "top left"),
+                           ObjectSpec("circle", "blue", "plain", "small", "bottom right")))
+    labels = patch_labels([scene], side=8)
+    grid = labels["object"][0].reshape(8, 8)
+    # large: 14 px box centred at (8, 8) -> patch centres 2, 6, 10, 14 px -> rows/cols 0..3
+    assert grid[:4, :4].all() and grid[:4, 4:].sum() == 0
+    # small: 9 px box centred at (24, 24) -> patch centres 22, 26 px -> rows/cols 5..6
+    assert grid[5:7, 5:7].all() and grid.sum() == 16 + 4
+    shape = labels["shape"][0].reshape(8, 8)
+    assert (shape[:4, :4] == 3).all() and (shape[5:7, 5:7] == 0).all() and shape[0, 7] == -100
+    assert (labels["place"] == 3).all()
+
+
+def test_vit_stage_learns_to_read_patches():
+    bb = new_toy_backbone(seed=0)
+    hist = pretrain_vit(bb, PretrainConfig(vit_steps=150, vit_batch=16, warmup=5))
+    first = {k: np.mean([h[k] for h in hist[:5]]) for k in ("loss", "colour", "place")}
+    last = {k: np.mean([h[k] for h in hist[-5:]]) for k in ("loss", "colour", "place")}
+    assert last["loss"] < 0.6 * first["loss"], (first, last)
+    assert last["colour"] > first["colour"] + 0.2 and last["place"] > 0.9, (first, last)
+    assert not any(p.requires_grad for p in bb.model.vit_model.parameters())
 
 
 def test_mot_learns_a_fixed_batch_with_gradients_reaching_the_vit():
@@ -76,7 +104,8 @@ def test_continued_run_starts_from_saved_weights_and_keeps_every_run_on_record(t
     from omnipersona.backbone import Backbone
     from omnipersona.toyworld.pretrain import pretrain_toy
 
-    first = pretrain_toy(tmp_path / "a", PretrainConfig(vae_steps=2, vae_batch=2, steps=2, batch_size=2, warmup=1))
+    first = pretrain_toy(tmp_path / "a", PretrainConfig(vae_steps=2, vae_batch=2, vit_steps=2, vit_batch=2, steps=2,
+                                                          batch_size=2, warmup=1))
     a = Backbone.load(tmp_path / "a")
     second = pretrain_toy(tmp_path / "b", PretrainConfig(seed=1, steps=3, batch_size=2, warmup=1), init=tmp_path / "a")
     b = Backbone.load(tmp_path / "b")

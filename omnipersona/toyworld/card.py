@@ -44,6 +44,11 @@ def model_card(folder: str | Path) -> str:
         f"- stage 1 (VAE): {first['vae_steps']} steps, batch {first['vae_batch']}, lr {first['vae_lr']}, "
         f"KL weight {first['kl_weight']}",
     ]
+    if runs[0].get("vit_seconds"):
+        vit = ", ".join(f"{k} {_fmt(v)}" for k, v in pre.get("final_vit_scores", {}).items())
+        lines.append(f"- stage 1b (ViT reads each patch: object, shape, colour, pattern, size, place): "
+                     f"{first['vit_steps']} steps, batch {first['vit_batch']}, lr {first['vit_lr']}, "
+                     f"{runs[0]['vit_seconds'] / 60:.1f} min; final patch accuracies {vit}")
     for i, run in enumerate(runs):
         c = run["config"]
         how = "from scratch" if not run.get("init") else "continued from the run before, fresh schedule"
@@ -56,7 +61,8 @@ def model_card(folder: str | Path) -> str:
     lines += [
         "",
         "## Time and final losses",
-        f"- {pre['seconds'] / 60:.1f} min in all (VAE {pre['vae_seconds'] / 60:.1f} min) on this 2-core machine",
+        f"- {pre['seconds'] / 60:.1f} min in all (VAE {pre['vae_seconds'] / 60:.1f} min, "
+        f"ViT {pre.get('vit_seconds', 0) / 60:.1f} min) on this 2-core machine",
         "- VAE (mean of last 50 steps): " + ", ".join(f"{k} {_fmt(v)}" for k, v in pre["final_vae_losses"].items()),
         "- MoT (mean of last 50 steps): " + ", ".join(f"{k} {_fmt(v)}"
                                                       for k, v in pre["final_backbone_losses"].items()),
