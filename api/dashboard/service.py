@@ -1,32 +1,28 @@
 """What the operators' dashboard shows and does. This is the one place that reads across tenants
 on purpose: only platform admins reach it (see views.py), and every row it shows names its tenant.
-Cancel uses the jobs service; retry puts a failed or canceled job back on its queue."""
+Cancel and retry are the jobs service's own, as the API's."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .. import models
-from ..errors import Conflict, NotFound
+from ..errors import NotFound
 from ..jobs import service as jobs
-from ..models import Concept, Job, Tenant, utcnow
+from ..models import Job, Tenant, utcnow
 from ..queue import Publisher
 from .schemas import JobFilter
-
-log = logging.getLogger(__name__)
 
 RECENT_FAILURES = 20
 JOBS_PAGE = 200
 INSPECT_TIMEOUT_SECONDS = 1.0
-RETRYABLE_STATES = ("failed", "canceled")
+RETRYABLE_STATES = jobs.RETRYABLE_STATES
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -159,30 +155,6 @@ def cancel_job(session: Session, job: Job) -> Job:
 
 
 def retry_job(session: Session, publisher: Publisher, job: Job) -> Job:
-    """A failed or canceled job goes back to `queued` with fresh attempts and is published again.
-    The same row is reused, so its id (what the customer holds) stays valid; a training job is
-    refused while another training of the same concept is unfinished."""
-    if job.state not in RETRYABLE_STATES:
-        raise Conflict("state", f"only failed or canceled jobs can be retried; this one is {job.state}")
-    try:
-        result = session.execute(
-            update(Job).where(Job.id == job.id, Job.state.in_(RETRYABLE_STATES))
-            .values(state="queued", attempts=0, progress=0.0, progress_history=[], cancel_requested=False,
-                    error=None, result=None, heartbeat_at=None, started_at=None, finished_at=None,
-                    published_at=None)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            session.rollback()
-            raise Conflict("state", "the job changed state meanwhile; reload and try again")
-        if job.kind == "train" and job.concept_id is not None:
-            concept = session.get(Concept, job.concept_id)
-            if concept is not None:
-                concept.status = "training"
-        session.commit()
-    except IntegrityError as exc:  # uq_jobs_one_active_training: the concept is training already
-        session.rollback()
-        raise Conflict("concept", "this concept has another unfinished training job") from exc
-    session.refresh(job)
-    if not jobs.publish(session, job, publisher):
-        log.warning("retried job %s is queued but not yet published; the reaper will publish it", job.id)
-    return job
+    """The jobs service's retry: a render goes back on its queue, a training runs again as a new
+    job (warm-started). Returns the job that will run."""
+    return jobs.retry_job(session, job, publisher)

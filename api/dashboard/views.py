@@ -22,7 +22,7 @@ from .schemas import JobFilter
 bp = Blueprint("dashboard", __name__, url_prefix="/admin", template_folder="templates")
 
 NOTICES = {"canceled": "Job {job} canceled.", "cancel_requested": "Job {job} will stop at its next step.",
-           "retried": "Job {job} re-queued."}
+           "retried": "Retry queued as job {job}."}
 
 
 def _lifetime() -> int:
