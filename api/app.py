@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .accounts.views import bp as accounts_bp
 from .auth import authenticate
+from .batches.views import bp as batches_bp
 from .celery_config import make_celery
 from .concepts.views import bp as concepts_bp
 from .context import EXTENSION, Services, session
@@ -83,4 +84,5 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     app.register_blueprint(objects_bp)
     app.register_blueprint(accounts_bp)
     app.register_blueprint(webhooks_bp)
+    app.register_blueprint(batches_bp)
     return app

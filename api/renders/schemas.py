@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..concepts.schemas import iso
 from ..errors import ApiError
 from ..models import Job, Render
-from ..text_rules import check_request_text
+from ..text_rules import MAX_TEXT_CHARS, NAME_RE, RESERVED_RE, check_request_text, check_text
 
 TEXT_FIELD = {"ask": "question", "generate": "prompt", "edit": "instruction"}
 MAX_SEED = 2**31 - 1
+MIN_SIZE = 16
+MAX_IMAGES = 4
+MAX_CONCEPTS_PER_PROMPT = 8
+DEFAULT_GUIDANCE = 4.0
+MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0
+IDENTIFIER_RE = re.compile(r"<([^<>]*)>")
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,9 @@ class RenderCreate:
     seed: int
     sample_steps: int
     image: bytes | None
+    guidance: float | None = None
+    size: int | None = None
+    num_images: int = 1
 
 
 def _int_field(raw: Any, field: str, low: int, high: int) -> int:
@@ -35,34 +47,130 @@ def _int_field(raw: Any, field: str, low: int, high: int) -> int:
 
 
 def parse_render_create(kind: str, fields: Any, image: bytes | None, identifier: str, *,
-                        default_steps: int, max_steps: int) -> RenderCreate:
+                        default_steps: int, max_steps: int, max_size: int = 1024) -> RenderCreate:
     if not isinstance(fields, dict):
         raise ApiError("body", "must be a JSON object or a multipart form")
     text_field = TEXT_FIELD[kind]
-    allowed = {text_field} | ({"seed", "steps"} if kind != "ask" else set())
+    allowed = {text_field} | ({"seed", "steps", "guidance", "size"} if kind != "ask" else set())
     unknown = set(fields) - allowed
     if unknown:
         raise ApiError(sorted(unknown)[0], "unknown field")
     text = check_request_text(fields.get(text_field), text_field, identifier)
     seed = _int_field(fields.get("seed", 0), "seed", 0, MAX_SEED)
     steps = _int_field(fields.get("steps", default_steps), "steps", 1, max_steps)
+    guidance = None
+    if "guidance" in fields:
+        guidance = _float_field(fields["guidance"], "guidance", MIN_GUIDANCE, MAX_GUIDANCE)
+    size = _int_field(fields["size"], "size", MIN_SIZE, max_size) if "size" in fields else None
     if kind == "edit" and image is None:
         raise ApiError("image", "editing needs the source photo in the multipart field 'image'")
     if kind == "generate" and image is not None:
         raise ApiError("image", "generate takes no image")
-    return RenderCreate(kind, text, seed, steps, image)
+    return RenderCreate(kind, text, seed, steps, image, guidance, size)
 
 
-def render_dict(render: Render, job: Job) -> dict[str, Any]:
+def _float_field(raw: Any, field: str, low: float, high: float) -> float:
+    if isinstance(raw, str):
+        try:
+            raw = float(raw.strip())
+        except ValueError as exc:
+            raise ApiError(field, f"must be a number from {low} to {high}") from exc
+    if not isinstance(raw, int | float) or isinstance(raw, bool) or not low <= raw <= high:
+        raise ApiError(field, f"must be a number from {low} to {high}")
+    return float(raw)
+
+
+def concept_names_in(value: object, field: str) -> tuple[str, list[str]]:
+    """A prompt that may name several concepts: every `<...>` must be a concept identifier
+    (`<name>`); reserved token names (`<und_N>`, `<gen_N>`) and stray angle brackets are refused.
+    Returns the text and the names in order of first appearance."""
+    text = check_text(value, field)
+    if RESERVED_RE.search(text):
+        raise ApiError(field, "uses a reserved concept-token name (<und_N>, <gen_N>)")
+    names: list[str] = []
+    for token in IDENTIFIER_RE.findall(text):
+        if not NAME_RE.match(token):
+            raise ApiError(field, f"<{token}> is not a concept identifier")
+        names.append(token)
+    if "<" in IDENTIFIER_RE.sub("", text) or ">" in IDENTIFIER_RE.sub("", text):
+        raise ApiError(field, "may not contain '<' or '>' except in concept identifiers")
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ApiError(field, "must name at least one of your concepts, as <name>")
+    if len(names) > MAX_CONCEPTS_PER_PROMPT:
+        raise ApiError(field, f"names more than {MAX_CONCEPTS_PER_PROMPT} concepts")
+    return text, names
+
+
+class GenerateBody(BaseModel):
+    """A tenant-level generate: the prompt names one or several of the tenant's concepts."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS,
+                        description="text naming one or more of your concepts, e.g. '<maeve> and <rex> at the beach'")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="the first image's seed; image i uses seed + i")
+    steps: int | None = Field(None, ge=1, description="flow-sampling steps (default OMNI_SAMPLE_STEPS)")
+    guidance: float = Field(DEFAULT_GUIDANCE, ge=MIN_GUIDANCE, le=MAX_GUIDANCE,
+                            description="classifier-free guidance scale on the text")
+    size: int | None = Field(None, ge=MIN_SIZE, description="output side in pixels (the model samples at its own "
+                                                            "resolution and the image is resampled); default: native")
+    num_images: int = Field(1, ge=1, le=MAX_IMAGES)
+
+
+class RenderImage(BaseModel):
+    url: str = Field(description="presigned download URL")
+    expires_in: int
+    seed: int
+    width: int
+    height: int
+
+
+class RenderConcept(BaseModel):
+    concept_id: str
+    version_id: str
+    identifier: str
+
+
+class RenderOut(BaseModel):
+    id: str
+    kind: str
+    concept_id: str
+    version_id: str
+    concepts: list[RenderConcept]
+    text: str
+    seed: int
+    steps: int
+    guidance: float | None
+    size: int | None
+    num_images: int
+    state: str
+    job_id: str
+    error: str | None
+    answer: str | None
+    conditioned_prompt: str | None
+    trace: dict[str, str] | None
+    image_url: str | None
+    images: list[RenderImage]
+    timings: dict[str, float] | None
+    batch_id: str | None
+    created_at: str | None
+
+
+def render_dict(render: Render, job: Job, images: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`images`: the stored outputs with their presigned URLs (see service.image_links)."""
     has_image = render.output_object_key is not None
     return {
         "id": str(render.id),
         "kind": render.kind,
         "concept_id": str(render.concept_id),
         "version_id": str(render.version_id),
+        "concepts": render.concepts or [],
         "text": render.text,
         "seed": render.seed,
         "steps": render.sample_steps,
+        "guidance": render.guidance,
+        "size": render.size,
+        "num_images": render.num_images or 1,
         "state": job.state,
         "job_id": str(job.id),
         "error": job.error,
@@ -70,5 +178,8 @@ def render_dict(render: Render, job: Job) -> dict[str, Any]:
         "conditioned_prompt": render.conditioned_prompt,
         "trace": render.trace,
         "image_url": f"/v1/renders/{render.id}/image" if has_image else None,
+        "images": images or [],
+        "timings": render.timings,
+        "batch_id": str(render.batch_id) if render.batch_id else None,
         "created_at": iso(render.created_at),
     }
