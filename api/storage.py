@@ -148,8 +148,9 @@ class S3Store:
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
             region_name=region,
+            # SigV4 everywhere: presigned URLs would otherwise be SigV2, which many servers refuse.
             config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3},
-                          s3={"addressing_style": "path"}),
+                          s3={"addressing_style": "path"}, signature_version="s3v4"),
         )
         if create_bucket:
             self._ensure_bucket()

@@ -18,7 +18,7 @@ MAX_SEED = 2**31 - 1
 
 
 class LossWeightsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "8" or true is not a number here
     ce: float | None = Field(default=None, ge=0, description="understanding (text) loss weight")
     gen: float | None = Field(default=None, ge=0, description="generation (flow) loss weight")
     edit: float | None = Field(default=None, ge=0, description="editing loss weight")
@@ -28,7 +28,7 @@ class TrainRequest(BaseModel):
     """`POST /v1/concepts/<id>/train`. Every field is optional; bounds beyond these come from the
     settings (`OMNI_MAX_TRAIN_STEPS`, `OMNI_MAX_TRAIN_BATCH_SIZE`, `OMNI_MAX_LOSS_WEIGHT`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     recipe: Literal["default", "mock"] = Field(
         default="default", description="`mock`: finishes in seconds with a real, barely trained artifact")
     steps: int | None = Field(default=None, ge=1)
