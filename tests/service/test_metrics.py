@@ -155,3 +155,27 @@ def test_request_counts_are_shared_between_processes(tmp_path, pg_url):
     got = samples(out)
     assert got[("omni_http_requests_total", (("endpoint", "/healthz"), ("method", "GET"), ("status", "200")))] == 6
     assert got[("omni_metrics_database_up", ())] == 1
+
+
+def test_durations_on_the_embedded_sqlite_default(tmp_path):
+    """SQLite keeps timestamps as text: durations are computed with julianday there."""
+    from api.admin import create_tenant, migrate
+    from api.metrics import render_metrics
+    from api.settings import Settings
+
+    settings = Settings.from_env({"OMNI_DATA_DIR": str(tmp_path)})
+    migrate(settings)
+    factory = make_session_factory(make_engine(settings.database_url))
+    with factory() as session:
+        tenant, _ = create_tenant(session, "acme")
+        session.commit()
+    add_job(factory, tenant.id, "train", "succeeded", run_seconds=90.0)
+    add_job(factory, tenant.id, "train", "queued")
+    with factory() as session:
+        got = samples(render_metrics(session).decode())
+    train_ok = (("kind", "train"), ("state", "succeeded"))
+    assert got[("omni_job_duration_seconds_count", train_ok)] == 1
+    assert abs(got[("omni_job_duration_seconds_sum", train_ok)] - 90.0) < 0.5
+    assert got[("omni_job_duration_seconds_bucket", (("kind", "train"), ("le", "60.0"), ("state", "succeeded")))] == 0
+    assert got[("omni_job_duration_seconds_bucket", (("kind", "train"), ("le", "120.0"), ("state", "succeeded")))] == 1
+    assert got[("omni_queue_depth", (("queue", "train"),))] == 1
