@@ -195,8 +195,9 @@ def _versions(session_factory, tenant_id, concept_id: str, count: int) -> list[u
                       state="succeeded", payload={"steps": 10})
             session.add(job)
             session.flush()
+            prefix = f"{tenant_id}/concepts/{concept_id}/versions/{job.id}"
             version = ConceptVersion(tenant_id=tenant_id, concept_id=uuid.UUID(concept_id), job_id=job.id,
-                                     number=number, object_prefix=f"{tenant_id}/concepts/{concept_id}/versions/{job.id}",
+                                     number=number, object_prefix=prefix,
                                      backbone="tiny", backbone_fingerprint="f" * 32,
                                      metrics={"final_total": 1.0 / number, "steps": 10}, parent_version_id=parent,
                                      source="trained" if number == 1 else "stopped")
