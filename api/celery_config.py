@@ -13,9 +13,10 @@ from .settings import Settings
 TRAIN_TASK = "workers.train"
 RENDER_TASK = "workers.render"
 REAP_TASK = "workers.reap"
+CAPTION_TASK = "workers.caption"  # message: an image id (captions are not job rows)
 WEBHOOK_DELIVER_TASK = "workers.deliver_webhook"
 WEBHOOK_RELAY_TASK = "workers.relay_webhooks"
-TASK_BY_KIND = {"train": TRAIN_TASK, "render": RENDER_TASK}
+TASK_BY_KIND = {"train": TRAIN_TASK, "render": RENDER_TASK, "caption": CAPTION_TASK}
 QUEUE_BY_KIND = {"train": "train", "render": "render"}
 HOUSEKEEPING_QUEUE = "housekeeping"
 
@@ -51,6 +52,7 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={
             TRAIN_TASK: {"queue": QUEUE_BY_KIND["train"]},
             RENDER_TASK: {"queue": QUEUE_BY_KIND["render"]},
+            CAPTION_TASK: {"queue": QUEUE_BY_KIND["render"]},
             REAP_TASK: {"queue": HOUSEKEEPING_QUEUE},
             WEBHOOK_DELIVER_TASK: {"queue": HOUSEKEEPING_QUEUE},
             WEBHOOK_RELAY_TASK: {"queue": HOUSEKEEPING_QUEUE},

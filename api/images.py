@@ -1,5 +1,7 @@
-"""Validation of uploaded images: an allow-list of decoders, a pixel limit with decompression-bomb
-warnings as errors, verify(), then a reload and re-encode to PNG (drops EXIF and trailing data)."""
+"""Validation of uploaded images: a byte limit, an allow-list of decoders chosen by content (never the
+file name), a pixel limit read from the header before any pixel is decoded, decompression-bomb
+warnings as errors, verify(), then a reload, the EXIF orientation applied, and a re-encode to PNG
+from bare pixels (drops EXIF, GPS, ICC and text chunks and any trailing data)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import ApiError
 
@@ -23,9 +25,11 @@ class CleanImage:
     height: int
 
 
-def clean_image(data: bytes, field: str, max_pixels: int) -> CleanImage:
+def clean_image(data: bytes, field: str, max_pixels: int, max_bytes: int | None = None) -> CleanImage:
     if not data:
         raise ApiError(field, "empty file")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ApiError(field, f"file has {len(data)} bytes; the limit is {max_bytes}")
     # Our own pixel limit is checked from the header before any decoding (Image.MAX_IMAGE_PIXELS
     # is process-global, so it is not changed per request); PIL's bomb warnings become errors.
     try:
@@ -38,7 +42,10 @@ def clean_image(data: bytes, field: str, max_pixels: int) -> CleanImage:
                 probe.verify()
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
                 img.load()
-                rgb = img.convert("RGB")
+                upright = ImageOps.exif_transpose(img)  # a phone's "rotate 90" tag becomes real pixels
+                rgb = upright.convert("RGB")
+            # Only the pixels go on: a fresh image carries no `info` (EXIF, ICC, comments) to save.
+            rgb = Image.frombytes("RGB", rgb.size, rgb.tobytes())
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -5,6 +5,7 @@ a test checks they equal the library's."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from .errors import ApiError
 
@@ -19,15 +20,19 @@ def identifier_for(name: str) -> str:
 
 
 def check_name(name: object, field: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    # fullmatch: `$` alone would let a trailing newline through. The class is ASCII only, so
+    # look-alike letters from other scripts (Cyrillic "а", fullwidth "ｍ") are refused, not folded.
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ApiError(field, f"must match {NAME_RE.pattern} (lowercase letter, then up to 31 of a-z 0-9 _)")
     return name
 
 
 def _check_plain(text: str, field: str) -> None:
-    if RESERVED_RE.search(text):
+    # NFKC folds look-alikes such as fullwidth "＜und_1＞" into the ASCII a tokenizer might see.
+    folded = unicodedata.normalize("NFKC", text)
+    if RESERVED_RE.search(text) or RESERVED_RE.search(folded):
         raise ApiError(field, "uses a reserved concept-token name (<und_N>, <gen_N>)")
-    if "<" in text or ">" in text:
+    if "<" in folded or ">" in folded:
         raise ApiError(field, "may not contain '<' or '>' except the concept's own identifier")
 
 

@@ -18,6 +18,7 @@ from api.logging_setup import connect_celery_logging
 from api.queue import CeleryPublisher
 from api.settings import Settings
 
+from .captioning import register_caption_task
 from .rendering import run_render_job
 from .runtime import runtime
 from .training import run_train_job
@@ -27,6 +28,7 @@ from .webhooks import relay_webhooks
 log = logging.getLogger(__name__)
 
 app = make_celery(Settings.from_env())
+register_caption_task(app)  # auto-captions of uploads, on the render queue
 connect_celery_logging()  # JSON logs in worker processes, each line tagged with its job id
 
 

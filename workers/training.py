@@ -26,6 +26,7 @@ from api.jobs import service as jobs
 from api.models import Concept, ConceptVersion, Job, TrainingSnapshot, utcnow
 from api.storage import ObjectStore, tenant_key
 
+from .captioning import accepted_captions
 from .heartbeat import Heartbeat
 from .runtime import WorkerRuntime
 
@@ -336,8 +337,9 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                     if preview_every and step % preview_every == 0 and step < recipe.steps:
                         snapshots.preview(step, tokens)
 
+                data = ConceptData(images=images, facts=facts, captions=accepted_captions(concept))
                 result = train_concept(
-                    backbone, ConceptData(images=images, facts=facts), concept.name, recipe, init=init,
+                    backbone, data, concept.name, recipe, init=init,
                     progress=progress, should_stop=controls.should_stop, checkpoint_dir=checkpoint_dir,
                     after_step=after_step,
                 )

@@ -106,8 +106,8 @@ def _gif() -> bytes:
     (None, "image"),
     ([(b"", "empty.png")], "image[0]"),
     ([(b"not an image at all", "x.png")], "image[0]"),
-    ([(None, "ok.png"), (_gif(), "anim.gif")], "image[1]"),  # GIF is not on the allow-list
-    ([(None, "ok.png"), (png_bytes()[:40], "truncated.png")], "image[1]"),
+    ([(_gif(), "anim.gif")], "image[0]"),  # GIF is not on the allow-list
+    ([(_gif(), "anim.gif"), (png_bytes()[:40], "truncated.png")], "image[0]"),  # every file bad: nothing kept
     ([(png_bytes(size=300), "huge.png")], "image[0]"),  # over the test's 256x256 pixel limit
 ])
 def test_upload_bad_images_leaves_concept_unchanged(acme, session_factory, store, files, field):
