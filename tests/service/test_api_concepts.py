@@ -137,7 +137,8 @@ def test_start_training_queues_a_job_on_the_train_queue(acme, broker):
     assert response.status_code == 202, response.json
     job = response.json
     assert (job["kind"], job["state"], job["queue"], job["payload"]) == ("train", "queued", "train",
-                                                                          {"steps": 7, "backbone": "tiny"})
+                                                                          {"recipe": "default", "steps": 7,
+                                                                          "warm_start": True, "backbone": "tiny"})
     assert broker.take("train") == [("workers.train", [job["id"]])]
     assert acme.get(f"/v1/concepts/{concept['id']}").json["status"] == "training"
     # one training at a time per concept
