@@ -79,9 +79,9 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     for bp in (concepts_bp, jobs_bp, renders_bp):
         app.register_blueprint(bp)
     app.register_blueprint(usage_bp)
-    app.register_blueprint(dashboard_bp)
     app.register_blueprint(versions_bp)
     app.register_blueprint(objects_bp)
+    app.register_blueprint(dashboard_bp)
     app.register_blueprint(accounts_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(batches_bp)

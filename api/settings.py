@@ -83,10 +83,6 @@ class Settings:
     max_concurrent_jobs: int = 20
     requests_per_minute: int = 600
     redis_url: str | None = None  # rate-limit counters; else the broker when it is Redis; else in-process
-
-    @property
-    def uses_s3(self) -> bool:
-        return bool(self.s3_bucket)
     # Training recipes, previews, downloads.
     max_train_batch_size: int = 64
     max_loss_weight: float = 10.0
@@ -95,6 +91,10 @@ class Settings:
     mock_train_steps: int = 2  # the `mock` recipe: a real, barely trained artifact in seconds
     max_presigned_url_seconds: int = 7 * 24 * 3600  # S3's own limit for SigV4 URLs
     store_signing_key: str | None = field(default=None, repr=False)  # local store's download URLs
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_bucket)
 
     @property
     def work_dir(self) -> Path:
@@ -151,13 +151,6 @@ class Settings:
             max_concurrent_jobs=_int(env, "OMNI_MAX_CONCURRENT_JOBS", 20),
             requests_per_minute=_int(env, "OMNI_REQUESTS_PER_MINUTE", 600),
             redis_url=env.get("OMNI_REDIS_URL") or None,
-        )
-
-    def ensure_local_dirs(self) -> None:
-        """The embedded defaults keep their files under `data_dir`; create it on first use."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.uses_s3 and self.local_store_dir is not None:
-            self.local_store_dir.mkdir(parents=True, exist_ok=True)
             max_train_batch_size=_int(env, "OMNI_MAX_TRAIN_BATCH_SIZE", 64),
             max_loss_weight=float(env.get("OMNI_MAX_LOSS_WEIGHT") or 10.0),
             preview_every=_int(env, "OMNI_PREVIEW_EVERY", 0),
@@ -165,3 +158,10 @@ class Settings:
             mock_train_steps=_int(env, "OMNI_MOCK_TRAIN_STEPS", 2),
             max_presigned_url_seconds=_int(env, "OMNI_MAX_PRESIGNED_URL_SECONDS", 7 * 24 * 3600),
             store_signing_key=env.get("OMNI_STORE_SIGNING_KEY") or None,
+        )
+
+    def ensure_local_dirs(self) -> None:
+        """The embedded defaults keep their files under `data_dir`; create it on first use."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.uses_s3 and self.local_store_dir is not None:
+            self.local_store_dir.mkdir(parents=True, exist_ok=True)
