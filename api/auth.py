@@ -76,6 +76,7 @@ def require_role(*roles: str) -> Callable[[F], F]:
                 raise NotFound("path", "no such route")
             return view(*args, **kwargs)
 
+        guarded.required_roles = roles  # type: ignore[attr-defined]  # lets tests find every admin-only route
         return guarded  # type: ignore[return-value]
 
     return wrap
