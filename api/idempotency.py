@@ -1,6 +1,7 @@
 """`Idempotency-Key` on POSTs that create work (IETF httpapi idempotency-key draft semantics):
 the first request's answer is stored and replayed for a retry with the same key and the same
-content; the same key with other content is 422; a retry while the first is still running is 409.
+content; the same key with other content (another body, or another route) is 409, as is a retry
+while the first is still running (the product's contract: a reused key never makes new work).
 A request that fails (4xx/5xx) releases its key, so the client can fix it and try again."""
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def idempotent(view: Callable[..., ResponseReturnValue]) -> Callable[..., Respon
                 db.rollback()
                 raise Conflict(HEADER, "a request with this key is still being processed") from exc
         elif row.request_fingerprint != fingerprint:
-            raise ApiError(HEADER, "this key was used for a different request", status=422)
+            raise Conflict(HEADER, "this key was used for a different request")
         elif row.response_status is None:
             raise Conflict(HEADER, "a request with this key is still being processed")
         else:

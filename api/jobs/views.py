@@ -88,7 +88,8 @@ def cancel(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/<job_id>/stop")
-@documented(response=JobOut, status=202, errors=(404, 409))
+@documented(response=JobOut, status=202, errors=(400, 404, 409))
+@idempotent
 def stop_and_keep(job_id: str) -> ResponseReturnValue:
     """"Stop and keep": a running training stops at its next step and records a version from the
     tokens it has (a queued one is canceled)."""
@@ -96,7 +97,8 @@ def stop_and_keep(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/<job_id>/save")
-@documented(response=JobOut, status=202, errors=(404, 409))
+@documented(response=JobOut, status=202, errors=(400, 404, 409))
+@idempotent
 def save_now(job_id: str) -> ResponseReturnValue:
     """"Save now": the running training saves its current tokens at its next step; they appear in
     the job's snapshots (kind `saved`) with download URLs."""
