@@ -3,12 +3,23 @@ processes: WAL mode and a busy timeout let them write without 'database is locke
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long a worker keeps retrying a statement while the database is unreachable (a restart, a
+# fail-over) before the error counts as the job's own.
+DB_RETRY_SECONDS = 60.0
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -43,3 +54,42 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """The database went away (restart, network): worth retrying on a fresh connection. Anything
+    else (a constraint, a bad statement) is not."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    try:
+        import psycopg
+    except ImportError:  # SQLite-only installs
+        return False
+    # psycopg raises OperationalError for refused / reset connections and AdminShutdown (a
+    # subclass) when the server is shutting down.
+    return isinstance(exc.orig, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def retry_on_disconnect(session: Session, fn: Callable[[], T], *, seconds: float = DB_RETRY_SECONDS,
+                        first_wait: float = 0.2, max_wait: float = 2.0) -> T:
+    """Run `fn` (statements on `session`, committed inside it); while the database is unreachable,
+    roll back and run it again with growing waits, for at most `seconds`. The engine's
+    `pool_pre_ping` then hands out a live connection once the server is back. `fn` must be safe
+    to repeat: a commit lost with its connection may have happened (conditional UPDATEs are)."""
+    deadline = time.monotonic() + seconds
+    wait = first_wait
+    while True:
+        try:
+            return fn()
+        except DBAPIError as exc:
+            if not is_disconnect(exc) or time.monotonic() + wait > deadline:
+                raise
+            log.warning("database unreachable (%s); retrying in %.1fs", type(exc.orig).__name__, wait)
+            try:
+                session.rollback()
+            except DBAPIError:
+                pass  # the connection is gone; the session discards it
+            time.sleep(wait)
+            wait = min(max_wait, wait * 2)

@@ -91,6 +91,10 @@ class Settings:
     mock_train_steps: int = 2  # the `mock` recipe: a real, barely trained artifact in seconds
     max_presigned_url_seconds: int = 7 * 24 * 3600  # S3's own limit for SigV4 URLs
     store_signing_key: str | None = field(default=None, repr=False)  # local store's download URLs
+    # Faults: first backoff before a job that hit an unreachable store/database runs again (doubles
+    # per attempt); how long workers retry a statement while the database is down.
+    retry_backoff_seconds: int = 10
+    db_retry_seconds: int = 60
 
     @property
     def uses_s3(self) -> bool:
@@ -158,6 +162,8 @@ class Settings:
             mock_train_steps=_int(env, "OMNI_MOCK_TRAIN_STEPS", 2),
             max_presigned_url_seconds=_int(env, "OMNI_MAX_PRESIGNED_URL_SECONDS", 7 * 24 * 3600),
             store_signing_key=env.get("OMNI_STORE_SIGNING_KEY") or None,
+            retry_backoff_seconds=_int(env, "OMNI_RETRY_BACKOFF_SECONDS", 10),
+            db_retry_seconds=_int(env, "OMNI_DB_RETRY_SECONDS", 60),
         )
 
     def ensure_local_dirs(self) -> None:

@@ -12,10 +12,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.batches import service as batches
+from api.db import retry_on_disconnect
 from api.jobs import service as jobs
 from api.models import ConceptVersion, Job, Render
 from api.renders.service import output_key
 
+from .faults import settle_failure, takeover_seconds
 from .heartbeat import Heartbeat
 from .runtime import WorkerRuntime
 
@@ -107,8 +109,11 @@ def _render(rt: WorkerRuntime, session: Session, job: Job) -> dict[str, Any]:
 
 
 def run_render_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
+    db_wait = rt.settings.db_retry_seconds
     with rt.session_factory() as session:
-        job = jobs.claim(session, job_id, rt.settings.max_attempts)
+        job = retry_on_disconnect(session, lambda: jobs.claim(
+            session, job_id, rt.settings.max_attempts, takeover_after=takeover_seconds(rt.settings)),
+            seconds=db_wait)
         if job is None:
             # Not ours to run (finished, canceled, or failed by claim after its last attempt); a
             # batch item among those may have been the last one its batch waited for.
@@ -116,17 +121,18 @@ def run_render_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
             if row is not None and "batch_id" in (row.payload or {}):
                 batches.settle(session, rt.store, uuid.UUID(row.payload["batch_id"]))
             return "skipped"
+        attempt = job.attempts
         try:
             with Heartbeat(rt.session_factory, job_id, rt.settings.heartbeat_seconds):
-                result = _render(rt, session, job)
-            jobs.succeed(session, job_id, result)
+                result = retry_on_disconnect(session, lambda: _render(rt, session, job), seconds=db_wait)
+            retry_on_disconnect(session, lambda: jobs.succeed(session, job_id, result), seconds=db_wait)
             return "succeeded"
         except Exception as exc:
             session.rollback()
-            log.exception("render job %s failed", job_id)
-            jobs.fail(session, job_id, f"{type(exc).__name__}: {exc}")
-            return "failed"
+            log.exception("render job %s attempt %d failed", job_id, attempt)
+            return settle_failure(rt, session, job_id, attempt, exc)
         finally:
             if "batch_id" in (job.payload or {}):
                 # The item is finished (or was already): the last one writes the manifest.
-                batches.settle(session, rt.store, uuid.UUID(job.payload["batch_id"]))
+                retry_on_disconnect(session, lambda: batches.settle(
+                    session, rt.store, uuid.UUID(job.payload["batch_id"])), seconds=db_wait)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, make_session_factory
+from api.queue import Publisher
 from api.settings import Settings
 from api.storage import ObjectStore, make_store
 
@@ -36,6 +37,16 @@ class WorkerRuntime:
     _backbones: dict[str, Backbone] = field(default_factory=dict)
     _concepts: OrderedDict[uuid.UUID, ConceptTokens] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _publisher: Publisher | None = None
+
+    def publisher(self) -> Publisher:
+        """Publishes retries of jobs (made on first use, in the process that runs the task)."""
+        if self._publisher is None:
+            from api.celery_config import make_celery
+            from api.queue import CeleryPublisher
+
+            self._publisher = CeleryPublisher(make_celery(self.settings))
+        return self._publisher
 
     def backbone(self) -> Backbone:
         spec = self.settings.backbone

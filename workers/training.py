@@ -22,11 +22,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.db import retry_on_disconnect
 from api.jobs import service as jobs
 from api.models import Concept, ConceptVersion, Job, TrainingSnapshot, utcnow
 from api.storage import ObjectStore, tenant_key
 
 from .captioning import accepted_captions
+from .faults import settle_failure, takeover_seconds
 from .heartbeat import Heartbeat
 from .runtime import WorkerRuntime
 
@@ -44,9 +46,12 @@ class ProgressRecorder:
     """Collects loss parts per step; writes progress (and a thinned history) to the job row at
     most once per `PROGRESS_WRITE_SECONDS`, and always at the last step."""
 
-    def __init__(self, session: Session, job_id: uuid.UUID, total: int) -> None:
+    def __init__(self, session: Session, job_id: uuid.UUID, total: int, attempt: int | None = None,
+                 db_retry_seconds: float = 60.0) -> None:
         self.session = session
         self.job_id = job_id
+        self.attempt = attempt
+        self.db_retry_seconds = db_retry_seconds
         self.every = max(1, total // HISTORY_POINTS)
         self.pending: list[dict[str, Any]] = []
         self.last_write = 0.0
@@ -60,7 +65,9 @@ class ProgressRecorder:
             self.pending.append(entry)
         now = time.monotonic()
         if step == total or now - self.last_write >= PROGRESS_WRITE_SECONDS:
-            jobs.record_progress(self.session, self.job_id, step / total, self.pending)
+            # Training outlives a database restart: the write waits for the server to come back.
+            retry_on_disconnect(self.session, lambda: jobs.record_progress(
+                self.session, self.job_id, step / total, self.pending, self.attempt), seconds=self.db_retry_seconds)
             self.pending = []
             self.last_write = now
 
@@ -129,22 +136,30 @@ class TrainingControls:
     """What the API asked of a running training, read from the job row once per step: stop
     (cancel, "stop and keep", or the job taken over by another attempt) and "save now"."""
 
-    def __init__(self, session_factory: sessionmaker[Session], job_id: uuid.UUID, saves_seen: int) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], job_id: uuid.UUID, saves_seen: int,
+                 attempt: int | None = None, db_retry_seconds: float = 60.0) -> None:
         self.session = session_factory()
         self.job_id = job_id
         self.saves_seen = saves_seen  # requests made before this attempt started died with the last one
         self.save_pending = False
+        self.attempt = attempt
+        self.db_retry_seconds = db_retry_seconds
 
-    def should_stop(self) -> bool:
-        row = self.session.execute(select(Job.cancel_requested, Job.state, Job.save_requests)
+    def _read(self) -> Any:
+        row = self.session.execute(select(Job.cancel_requested, Job.state, Job.save_requests, Job.attempts)
                                    .where(Job.id == self.job_id)).first()
         self.session.rollback()  # end the read transaction so the next poll sees new commits
+        return row
+
+    def should_stop(self) -> bool:
+        row = retry_on_disconnect(self.session, self._read, seconds=self.db_retry_seconds)
         if row is None:
             return True
         if (row.save_requests or 0) > self.saves_seen:
             self.saves_seen = row.save_requests
             self.save_pending = True
-        return bool(row.cancel_requested) or row.state != "running"
+        taken_over = self.attempt is not None and row.attempts != self.attempt
+        return bool(row.cancel_requested) or row.state != "running" or taken_over
 
     def close(self) -> None:
         self.session.close()
@@ -307,11 +322,14 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
     from omnipersona.trainer import train_concept
 
     settings = rt.settings
+    db_wait = settings.db_retry_seconds
     with rt.session_factory() as session:
-        job = jobs.claim(session, job_id, settings.max_attempts)
+        job = retry_on_disconnect(session, lambda: jobs.claim(
+            session, job_id, settings.max_attempts, takeover_after=takeover_seconds(settings)), seconds=db_wait)
         if job is None:
             return "skipped"
-        controls = TrainingControls(rt.session_factory, job_id, job.save_requests or 0)
+        attempt = job.attempts
+        controls = TrainingControls(rt.session_factory, job_id, job.save_requests or 0, attempt, db_wait)
         try:
             with Heartbeat(rt.session_factory, job_id, settings.heartbeat_seconds):
                 concept, images, facts = _load_inputs(rt, session, job)
@@ -322,7 +340,7 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                 checkpoint_dir = rt.job_dir(job_id) / "checkpoint"
                 mirror = CheckpointMirror(rt.store, checkpoint_dir, checkpoint_prefix(job.tenant_id, job_id))
                 mirror.restore()
-                recorder = ProgressRecorder(session, job_id, recipe.steps)
+                recorder = ProgressRecorder(session, job_id, recipe.steps, attempt, db_wait)
                 preview_every = 0 if mock else (settings.preview_every or settings.checkpoint_every)
                 snapshots = SnapshotWriter(rt, session, job, concept, backbone, preview_every)
 
@@ -345,11 +363,12 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                 )
                 source = "mock" if mock else "trained"
                 if result.stopped:
-                    session.refresh(job)
-                    if job.state != "running":
-                        # The reaper gave the job to another attempt (this worker looked dead): leave
-                        # the row and the checkpoints to it.
-                        log.warning("train job %s was taken over (state %s); stopping", job_id, job.state)
+                    retry_on_disconnect(session, lambda: session.refresh(job), seconds=db_wait)
+                    if job.state != "running" or job.attempts != attempt:
+                        # The reaper or a redelivery gave the job to another attempt (this worker
+                        # looked dead): leave the row and the checkpoints to it.
+                        log.warning("train job %s was taken over (state %s, attempt %d); stopping",
+                                    job_id, job.state, job.attempts)
                         return "released"
                     if not job.keep_on_stop or result.steps_done == 0:
                         jobs.mark_canceled(session, job_id)
@@ -362,27 +381,30 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                 fingerprint = backbone.fingerprint()
                 metrics = result.metrics
                 _upload_version(rt, prefix, result.concept, fingerprint, metrics, recipe.to_dict())
-                version = _record_version(session, job, concept, prefix, fingerprint, metrics, settings.backbone,
-                                          parent_version_id, source)
+                version = retry_on_disconnect(session, lambda: _record_version(
+                    session, job, concept, prefix, fingerprint, metrics, settings.backbone, parent_version_id,
+                    source), seconds=db_wait)
                 # Before `succeed`: a client that sees the job done sees no leftovers.
                 shutil.rmtree(rt.job_dir(job_id), ignore_errors=True)
                 mirror.remove()
-                jobs.succeed(session, job_id, {
+                outcome = {
                     "version_id": str(version.id), "version_number": version.number, "object_prefix": prefix,
                     "backbone": settings.backbone, "backbone_fingerprint": fingerprint, "metrics": metrics,
                     "steps_done": result.steps_done, "resumed_from": result.resumed_from,
                     "train_seconds": round(result.seconds, 2), "warm_started_from": parent_version_id,
                     "stopped_early": source == "stopped", "recipe": job.payload.get("recipe", "default"),
-                })
+                }
+                retry_on_disconnect(session, lambda: jobs.succeed(session, job_id, outcome), seconds=db_wait)
                 return "succeeded"
         except Exception as exc:
             session.rollback()
-            log.exception("train job %s failed", job_id)
-            jobs.fail(session, job_id, f"{type(exc).__name__}: {exc}")
-            fresh = session.get(Job, job_id)
-            if fresh is not None:
-                _mark_concept_failed(session, fresh)
-            return "failed"
+            log.exception("train job %s attempt %d failed", job_id, attempt)
+            state = settle_failure(rt, session, job_id, attempt, exc)
+            if state == "failed":
+                fresh = retry_on_disconnect(session, lambda: session.get(Job, job_id), seconds=db_wait)
+                if fresh is not None:
+                    retry_on_disconnect(session, lambda: _mark_concept_failed(session, fresh), seconds=db_wait)
+            return state
         finally:
             controls.close()
 

@@ -5,6 +5,7 @@ row, not the broker, decides who runs a job."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,10 +46,19 @@ def publish(session: Session, job: Job, publisher: Publisher) -> bool:
     return ok
 
 
-def claim(session: Session, job_id: uuid.UUID, max_attempts: int) -> Job | None:
+def claim(session: Session, job_id: uuid.UUID, max_attempts: int, *, takeover_after: float = 0.0) -> Job | None:
     """queued -> running, only if still queued: a second delivery of the same id gets None.
-    A job that has used up its attempts is failed instead."""
+    A job that has used up its attempts is failed instead.
+
+    With `takeover_after` > 0, a delivery that finds the job `running` watches its heartbeat for
+    that long: a live owner beats (or finishes) meanwhile and this delivery steps aside; a silent
+    one is dead (its pool process was killed and Celery redelivered the message, rejected on
+    worker loss), and this delivery takes the job over as the next attempt, at once rather than
+    after the reaper's stale window. The old attempt, if it was only frozen, sees `attempts` move
+    past its own and stops (see `attempt_is_current`)."""
     job = session.get(Job, job_id)
+    if job is not None and job.state == "running" and takeover_after > 0:
+        return _take_over_if_silent(session, job, max_attempts, takeover_after)
     if job is None or job.state != "queued":
         session.rollback()
         return None
@@ -68,15 +78,77 @@ def claim(session: Session, job_id: uuid.UUID, max_attempts: int) -> Job | None:
     return job
 
 
+def _take_over_if_silent(session: Session, job: Job, max_attempts: int, watch_seconds: float) -> Job | None:
+    seen_beat, seen_attempts = job.heartbeat_at, job.attempts
+    session.rollback()
+    time.sleep(watch_seconds)
+    row = session.execute(select(Job.state, Job.heartbeat_at, Job.attempts).where(Job.id == job.id)).first()
+    session.rollback()
+    if row is None or row.state != "running" or row.heartbeat_at != seen_beat or row.attempts != seen_attempts:
+        return None  # the owner is alive (it beat), finished, or someone else took over
+    reason = (f"worker lost: no heartbeat for {watch_seconds:.0f}s after redelivery "
+              f"(attempt {seen_attempts} of {max_attempts})")
+    if seen_attempts >= max_attempts:
+        if _finish(session, job.id, "failed", error=reason):
+            settle_concept_after(session, job)
+        return None
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(Job.id == job.id, Job.state == "running", Job.attempts == seen_attempts,
+                          Job.heartbeat_at == seen_beat)
+        .values(attempts=Job.attempts + 1, started_at=now, heartbeat_at=now, error=None)
+    )
+    session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    log.warning("job %s taken over from a silent attempt %d", job.id, seen_attempts)
+    session.refresh(job)
+    return job
+
+
+def attempt_is_current(session: Session, job_id: uuid.UUID, attempt: int) -> bool:
+    """Whether the attempt numbered `attempt` still owns the job (running, not taken over)."""
+    row = session.execute(select(Job.state, Job.attempts).where(Job.id == job_id)).first()
+    session.rollback()  # end the read transaction so the next poll sees new commits
+    return row is not None and row.state == "running" and row.attempts == attempt
+
+
+def requeue_after_failure(session: Session, job: Job, publisher: Publisher, *, attempt: int, max_attempts: int,
+                          reason: str, backoff_seconds: float) -> float | None:
+    """A transient failure (the object store or database unreachable): put the job back on its queue,
+    delivered after an exponential backoff (`backoff_seconds` * 2^(attempt-1)), and return that
+    delay; None when the attempts are used up (the caller fails the job) or it changed meanwhile."""
+    if attempt >= max_attempts:
+        return None
+    result = session.execute(
+        update(Job).where(Job.id == job.id, Job.state == "running", Job.attempts == attempt)
+        .values(state="queued", error=f"{reason[:ERROR_MAX_CHARS - 80]} (attempt {attempt} of {max_attempts}; "
+                                       "retrying)", published_at=None, heartbeat_at=None)
+    )
+    session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    delay = backoff_seconds * 2 ** (attempt - 1)
+    session.refresh(job)
+    # Unpublished (the broker is down too) it stays queued with no published_at: the reaper sends it.
+    if publisher.publish(job.id, job.kind, job.queue, countdown=delay):
+        job.published_at = utcnow()
+        session.commit()
+    return delay
+
+
 def heartbeat(session: Session, job_id: uuid.UUID) -> None:
     session.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(heartbeat_at=utcnow()))
     session.commit()
 
 
 def record_progress(session: Session, job_id: uuid.UUID, progress: float,
-                    entries: list[dict[str, Any]]) -> None:
-    job = session.get(Job, job_id)
-    if job is None:
+                    entries: list[dict[str, Any]], attempt: int | None = None) -> None:
+    """Only the attempt that owns the job writes: one the reaper or a takeover replaced (a frozen
+    worker waking up) would otherwise mix its steps into the new attempt's history."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.state != "running" or (attempt is not None and job.attempts != attempt):
+        session.rollback()
         return
     job.progress = max(0.0, min(1.0, progress))
     if entries:

