@@ -24,6 +24,7 @@ from ..renders.service import concept_refs, resolve_concepts
 from ..settings import Settings
 from ..storage import ObjectStore, tenant_key
 from ..text_rules import NAME_RE, check_text
+from ..usage.service import check_job_quota
 from ..webhooks.service import emit_event
 from .schemas import ITEM_STATES, BatchCreate
 
@@ -103,6 +104,9 @@ def create_batch(session: Session, publisher: Publisher, settings: Settings, ten
     concepts = {}
     for name in all_names:  # one query per distinct concept (few), each error naming its first item
         concepts[name] = resolve_concepts(session, tenant_id, [name], first_field[name])[0]
+    # One quota decision for the whole batch: it takes one slot of max_concurrent_jobs (429 when
+    # none is free), and its items do not count one by one (see usage.service.unfinished_work).
+    check_job_quota(session, tenant_id, "render", settings)
 
     batch = Batch(id=uuid.uuid4(), tenant_id=tenant_id, state="running", total=len(items), cancel_requested=False,
                   spec=body.model_dump(exclude_none=True) | {"steps": steps})

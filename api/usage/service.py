@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..errors import ApiError
-from ..models import Concept, Job, Tenant, UsageRecord
+from ..models import Batch, Concept, Job, Render, Tenant, UsageRecord
 from ..settings import Settings
 
 # Jobs a customer starts (and that hold a worker for long): these count against the concurrency
@@ -82,11 +82,21 @@ def check_job_quota(session: Session, tenant_id: uuid.UUID, kind: str | None = N
     if kind is not None and kind not in QUOTA_JOB_KINDS:
         return
     limits = limits_for(_lock_tenant(session, tenant_id), settings or current_settings())
-    active = session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.kind.in_(QUOTA_JOB_KINDS), Job.state.in_(UNFINISHED)))
-    if (active or 0) >= limits.max_concurrent_jobs:
+    if unfinished_work(session, tenant_id) >= limits.max_concurrent_jobs:
         raise QuotaExceeded("jobs", f"at most {limits.max_concurrent_jobs} unfinished jobs per tenant; "
                                     "wait for one to finish or cancel one")
+
+
+def unfinished_work(session: Session, tenant_id: uuid.UUID) -> int:
+    """What counts against `max_concurrent_jobs`: unfinished train/render jobs outside batches,
+    plus one per running batch (a batch is one request, however many items it fans out to; its
+    size is bounded by OMNI_MAX_BATCH_ITEMS instead)."""
+    in_batch = exists().where(Render.job_id == Job.id, Render.batch_id.is_not(None))
+    jobs = session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.kind.in_(QUOTA_JOB_KINDS), Job.state.in_(UNFINISHED), ~in_batch))
+    batches = session.scalar(select(func.count()).select_from(Batch).where(
+        Batch.tenant_id == tenant_id, Batch.state == "running"))
+    return (jobs or 0) + (batches or 0)
 
 
 def check_concept_quota(session: Session, tenant_id: uuid.UUID, settings: Settings | None = None) -> None:

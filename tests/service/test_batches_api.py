@@ -177,3 +177,49 @@ def test_cancel_stops_queued_items_and_settles(acme, globex, trained, session_fa
     assert globex.get(f"/v1/batches/{batch['id']}/items").status_code == 404
     assert [b["id"] for b in acme.get("/v1/batches").json["batches"]] == [batch["id"]]
     assert globex.get("/v1/batches").json["batches"] == []
+
+
+# -- the concurrent-job quota: a running batch takes one slot, whatever its size -----------------
+def _set_job_limit(session_factory, tenant_id, limit: int) -> None:
+    from api.models import Tenant
+
+    with session_factory() as session:
+        session.get(Tenant, tenant_id).max_concurrent_jobs = limit
+        session.commit()
+
+
+def test_a_batch_counts_as_one_job_towards_the_concurrency_quota(acme, trained, broker, session_factory, store):
+    _set_job_limit(session_factory, acme.tenant_id, 2)
+    body = {"template": "<maeve> in the {value}", "values": ["snow", "desert", "city", "forest", "night"]}
+    first = acme.post("/v1/batches", json=body)
+    assert first.status_code == 202 and first.json["total"] == 5  # 5 items > the limit of 2: still one slot
+    single = acme.post(f"/v1/concepts/{trained['maeve']['id']}/generate", json={"prompt": "<maeve> at its home"})
+    assert single.status_code == 202  # the second slot
+    before = snapshot(session_factory, store)
+    with session_factory() as session:
+        batches_before = session.scalar(select(func.count()).select_from(Batch))
+    for refused in (acme.post("/v1/batches", json=body),
+                    acme.post(f"/v1/concepts/{trained['maeve']['id']}/generate", json={"prompt": "<maeve> at home"})):
+        assert refused.status_code == 429
+        assert (refused.json["error"]["code"], refused.json["error"]["field"]) == ("quota_exceeded", "jobs")
+    assert snapshot(session_factory, store) == before
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Batch)) == batches_before
+    # once the batch has settled its slot is free again
+    _finish_items(session_factory, first.json["id"], ["succeeded"] * 5, store)
+    with session_factory() as session:
+        assert batches.settle(session, store, uuid.UUID(first.json["id"]))
+    again = acme.post("/v1/batches", json=body)
+    assert again.status_code == 202, again.json
+
+
+def test_no_free_slot_refuses_a_batch_and_stores_nothing(acme, globex, trained, broker, session_factory, store):
+    _set_job_limit(session_factory, acme.tenant_id, 0)
+    before = snapshot(session_factory, store)
+    refused = acme.post("/v1/batches", json={"prompts": ["{c} at the beach"], "concepts": ["maeve", "rex"]})
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "quota_exceeded"
+    assert snapshot(session_factory, store) == before and broker.take("render") == []
+    # another tenant's limit is its own
+    concept = create_concept(globex, "maeve")
+    add_version(session_factory, globex.tenant_id, concept["id"])
+    assert globex.post("/v1/batches", json={"prompts": ["{c} at the beach"], "concepts": ["maeve"]}).status_code == 202
