@@ -21,6 +21,9 @@ from .errors import register_error_handlers
 from .jobs.views import bp as jobs_bp
 from .logging_setup import init_request_logging
 from .metrics import init_metrics
+from .openapi import CONFIG_PUBLIC_ENDPOINTS
+from .openapi import PUBLIC_ENDPOINTS as OPENAPI_ENDPOINTS
+from .openapi import bp as openapi_bp
 from .queue import CeleryPublisher, Publisher
 from .ratelimit import install_rate_limiter
 from .renders.views import bp as renders_bp
@@ -34,6 +37,7 @@ from .webhooks.views import bp as webhooks_bp
 
 PUBLIC_ENDPOINTS = {"healthz", "metrics"}  # /metrics checks its own token (OMNI_METRICS_TOKEN)
 PUBLIC_ENDPOINTS |= OBJECT_ENDPOINTS  # presigned object URLs carry their own signature
+PUBLIC_ENDPOINTS |= OPENAPI_ENDPOINTS  # the API's description is public
 # The dashboard authenticates by its own session cookie (browsers cannot send a bearer header).
 SELF_AUTHENTICATED_BLUEPRINTS = {"dashboard"}
 
@@ -44,6 +48,7 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     settings.ensure_local_dirs()
     app = Flask("omnipersona_api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.config[CONFIG_PUBLIC_ENDPOINTS] = frozenset(PUBLIC_ENDPOINTS)
     app.extensions[EXTENSION] = Services(
         settings=settings,
         session_factory=session_factory or make_session_factory(make_engine(settings.database_url)),
@@ -85,4 +90,5 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     app.register_blueprint(accounts_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(batches_bp)
+    app.register_blueprint(openapi_bp)
     return app

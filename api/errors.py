@@ -6,7 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from pydantic import BaseModel, Field
 from werkzeug.exceptions import HTTPException
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable kind: invalid, not_found, conflict, unauthorized, ...")
+    field: str | None = Field(description="the request field, header or query parameter at fault, if one is")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx answer."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):

@@ -23,6 +23,7 @@ from .models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
+MARK = "__idempotent__"  # on wrapped views, so the OpenAPI document can list the header
 
 
 def request_fingerprint() -> str:
@@ -82,4 +83,5 @@ def idempotent(view: Callable[..., ResponseReturnValue]) -> Callable[..., Respon
         db.commit()
         return body, status
 
+    setattr(wrapper, MARK, True)
     return wrapper

@@ -36,7 +36,9 @@ class RouteSpec:
     status: int = 200
     errors: tuple[int, ...] = ()
     query: type[BaseModel] | None = None  # query-string parameters, one field each
-    multipart: dict[str, str] = field(default_factory=dict)  # form field -> "file" | "string"
+    multipart: dict[str, str] = field(default_factory=dict)  # form field -> "file" | "files" | "string"
+    multipart_required: tuple[str, ...] = ()  # form fields the request must carry
+    media_type: str = "application/json"  # of the success response; other types are bytes (an image)
     summary: str | None = None
 
 

@@ -102,6 +102,42 @@ def concept_names_in(value: object, field: str) -> tuple[str, list[str]]:
     return text, names
 
 
+class AskBody(BaseModel):
+    """`POST /v1/concepts/<id>/ask` as JSON (or the same field as a multipart form with an `image`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="must name the concept, e.g. "
+                                                                                 "'What is the toy of <maeve>?'")
+
+
+class SamplingFields(BaseModel):
+    """Sampling options of generate and edit. Multipart forms send them as text ("4"), read as numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    steps: int | None = Field(None, ge=1, description="flow-sampling steps (default OMNI_SAMPLE_STEPS, at most "
+                                                      "OMNI_MAX_SAMPLE_STEPS)")
+    guidance: float | None = Field(None, ge=MIN_GUIDANCE, le=MAX_GUIDANCE,
+                                   description="classifier-free guidance scale on the text")
+    size: int | None = Field(None, ge=MIN_SIZE, description="output side in pixels (at most OMNI_MAX_RENDER_SIZE)")
+
+
+class ConceptGenerateBody(SamplingFields):
+    """`POST /v1/concepts/<id>/generate`."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="must name the concept, e.g. "
+                                                                             "'<maeve> at the beach'")
+
+
+class EditForm(SamplingFields):
+    """`POST /v1/concepts/<id>/edit`: these fields and the source photo in the multipart field `image`."""
+
+    instruction: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="must name the concept")
+
+
+RENDER_BODIES: dict[str, type[BaseModel]] = {"ask": AskBody, "generate": ConceptGenerateBody, "edit": EditForm}
+
+
 class GenerateBody(BaseModel):
     """A tenant-level generate: the prompt names one or several of the tenant's concepts."""
 

@@ -11,10 +11,20 @@ from ..context import json_body, principal, services, session
 from ..errors import ApiError, NotFound
 from ..idempotency import idempotent
 from ..models import Job, Render
-from ..spec import documented, parse_body
+from ..spec import documented, parse_body, parse_model
 from ..storage import ObjectNotFound
 from . import service
-from .schemas import GenerateBody, RenderCreate, RenderOut, concept_names_in, parse_render_create, render_dict
+from .schemas import (
+    RENDER_BODIES,
+    AskBody,
+    ConceptGenerateBody,
+    GenerateBody,
+    RenderCreate,
+    RenderOut,
+    concept_names_in,
+    parse_render_create,
+    render_dict,
+)
 
 bp = Blueprint("renders", __name__)
 
@@ -30,6 +40,9 @@ def _start(concept_id: str, kind: str) -> ResponseReturnValue:
     else:
         fields = json_body()
         image = None
+    # Types and ranges by the documented model (form text "4" reads as 4); the concept's name in the
+    # text and the settings' bounds by parse_render_create.
+    fields = parse_model(RENDER_BODIES[kind], fields).model_dump(exclude_none=True)
     settings = services().settings
     spec = parse_render_create(kind, fields, image, concept.identifier,
                                default_steps=settings.default_sample_steps, max_steps=settings.max_sample_steps,
@@ -48,14 +61,15 @@ RENDER_ERRORS = (400, 401, 404, 409, 413, 422, 429)
 
 
 @bp.post("/v1/concepts/<concept_id>/ask")
-@documented(response=RenderOut, status=202, errors=RENDER_ERRORS, multipart={"question": "string", "image": "file"})
+@documented(request=AskBody, response=RenderOut, status=202, errors=RENDER_ERRORS,
+            multipart={"question": "string", "image": "file"}, multipart_required=("question",))
 @idempotent
 def ask(concept_id: str) -> ResponseReturnValue:
     return _start(concept_id, "ask")
 
 
 @bp.post("/v1/concepts/<concept_id>/generate")
-@documented(response=RenderOut, status=202, errors=RENDER_ERRORS)
+@documented(request=ConceptGenerateBody, response=RenderOut, status=202, errors=RENDER_ERRORS)
 @idempotent
 def generate(concept_id: str) -> ResponseReturnValue:
     return _start(concept_id, "generate")
@@ -64,7 +78,7 @@ def generate(concept_id: str) -> ResponseReturnValue:
 @bp.post("/v1/concepts/<concept_id>/edit")
 @documented(response=RenderOut, status=202, errors=RENDER_ERRORS,
             multipart={"instruction": "string", "image": "file", "seed": "string", "steps": "string",
-                       "guidance": "string", "size": "string"})
+                       "guidance": "string", "size": "string"}, multipart_required=("instruction", "image"))
 @idempotent
 def edit(concept_id: str) -> ResponseReturnValue:
     return _start(concept_id, "edit")
@@ -97,6 +111,7 @@ def get(render_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/v1/renders/<render_id>/image")
+@documented(media_type="image/png", errors=(404,))
 def image(render_id: str) -> ResponseReturnValue:
     render, _ = service.get_render(session(), principal().tenant_id, render_id)
     if render.output_object_key is None:

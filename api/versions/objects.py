@@ -8,9 +8,11 @@ import mimetypes
 
 from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
+from pydantic import BaseModel, Field
 
 from ..context import services
 from ..errors import ApiError, NotFound
+from ..spec import documented
 from ..storage import LocalStore, ObjectNotFound
 
 bp = Blueprint("objects", __name__, url_prefix="/v1/objects")
@@ -23,7 +25,15 @@ class Forbidden(ApiError):
     code = "forbidden"
 
 
+class SignedQuery(BaseModel):
+    """The two query parameters of a presigned URL, as the API gave it out."""
+
+    expires: str | None = Field(None, description="Unix time after which the URL no longer works")
+    signature: str | None = Field(None, description="HMAC over the key and `expires`")
+
+
 @bp.get("/<path:key>")
+@documented(media_type="*/*", query=SignedQuery, errors=(403, 404))
 def download(key: str) -> ResponseReturnValue:
     store = services().store
     if not isinstance(store, LocalStore):  # S3 URLs go to the S3 endpoint itself
