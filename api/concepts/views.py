@@ -72,7 +72,8 @@ def delete(concept_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/<concept_id>/images")
-@documented(response=UploadOut, status=201, multipart={"image": "file"}, errors=(400, 401, 404, 409, 413, 422, 429))
+@documented(response=UploadOut, status=201, multipart={"image": "files"}, multipart_required=("image",),
+            errors=(400, 401, 404, 409, 413, 422, 429))
 @idempotent
 def upload_images(concept_id: str) -> ResponseReturnValue:
     concept = service.get_concept(session(), principal().tenant_id, concept_id)
