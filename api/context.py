@@ -41,11 +41,37 @@ def principal() -> Principal:
     return g.principal
 
 
+MAX_JSON_DEPTH = 32  # no request schema nests deeper than a few levels
+
+
+def _check_json_shape(data: Any) -> None:
+    """Refuses what the schemas would choke on: nesting deeper than `MAX_JSON_DEPTH` and NUL
+    characters (PostgreSQL text cannot hold them). Iterative, so depth costs no stack."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ApiError("body", "strings may not contain NUL characters")
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError("body", f"nested deeper than {MAX_JSON_DEPTH} levels")
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        stack.extend((item, depth + 1) for item in items)
+
+
 def json_body() -> Any:
-    """The parsed JSON body; None when there is none; a 400 naming `body` when it is not JSON."""
+    """The parsed JSON body; None when there is none; a 400 naming `body` when it is not JSON, is
+    nested absurdly deep, or holds NUL characters."""
     if not request.get_data(cache=True):
         return None
     try:
-        return json.loads(request.get_data(cache=True))
+        data = json.loads(request.get_data(cache=True))
+    except RecursionError as exc:  # the decoder's own stack limit: thousands of `[`
+        raise ApiError("body", f"nested deeper than {MAX_JSON_DEPTH} levels") from exc
     except ValueError as exc:
         raise ApiError("body", "not valid JSON") from exc
+    _check_json_shape(data)
+    return data

@@ -40,6 +40,8 @@ def check_text(value: object, field: str, *, max_chars: int = MAX_TEXT_CHARS) ->
     if not isinstance(value, str) or not value.strip():
         raise ApiError(field, "must be a non-empty string")
     value = value.strip()
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; refuse it as input, not as a 500
+        raise ApiError(field, "may not contain NUL characters")
     if len(value) > max_chars:
         raise ApiError(field, f"is longer than {max_chars} characters")
     return value

@@ -94,6 +94,16 @@ class UploadRefused(ApiError):
         return super().to_dict() | {"rejected": [r.as_dict() for r in self.rejected]}
 
 
+def display_filename(raw: str | None) -> str | None:
+    """The client's file name as shown back to it: the last path part only, without control
+    characters (NUL breaks PostgreSQL text). Object keys never use it (they are content hashes)."""
+    if not raw:
+        return None
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()[:255]
+    return name or None
+
+
 def add_images(session: Session, store: ObjectStore, concept: Concept, uploads: list[Upload], *,
                max_pixels: int, max_images: int, max_bytes: int | None = None,
                publisher: Publisher | None = None) -> UploadResult:
@@ -135,7 +145,7 @@ def add_images(session: Session, store: ObjectStore, concept: Concept, uploads: 
             written.append(key)
             image = ConceptImage(tenant_id=concept.tenant_id, concept_id=concept.id, sha256=clean.sha256,
                                  object_key=key, size_bytes=len(clean.png), width=clean.width,
-                                 height=clean.height, filename=upload.filename[:255] if upload.filename else None,
+                                 height=clean.height, filename=display_filename(upload.filename),
                                  caption_state="pending")
             session.add(image)
             existing[clean.sha256] = image

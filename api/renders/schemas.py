@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,11 @@ def concept_names_in(value: object, field: str) -> tuple[str, list[str]]:
         if not NAME_RE.match(token):
             raise ApiError(field, f"<{token}> is not a concept identifier")
         names.append(token)
-    if "<" in IDENTIFIER_RE.sub("", text) or ">" in IDENTIFIER_RE.sub("", text):
+    # NFKC folds look-alikes ("＜und_1＞", "﹤gen_2﹥") into the ASCII a tokenizer might see.
+    rest = unicodedata.normalize("NFKC", IDENTIFIER_RE.sub("", text))
+    if RESERVED_RE.search(rest):
+        raise ApiError(field, "uses a reserved concept-token name (<und_N>, <gen_N>)")
+    if "<" in rest or ">" in rest:
         raise ApiError(field, "may not contain '<' or '>' except in concept identifiers")
     names = list(dict.fromkeys(names))
     if not names:
