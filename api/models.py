@@ -292,6 +292,10 @@ class WebhookSecret(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), unique=True)
     secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The secret replaced by the last rotation: deliveries are signed with it too until
+    # `previous_valid_until`, so receivers can switch to the new one without dropping events.
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class WebhookEndpoint(Base):

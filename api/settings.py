@@ -76,6 +76,7 @@ class Settings:
     webhook_timeout_seconds: int = 10
     webhook_relay_seconds: int = 5
     webhook_backoff_seconds: int = 10  # first retry; doubles per attempt, at most 6 h
+    webhook_secret_grace_seconds: int = 24 * 3600  # the old secret still signs this long after a rotation
     max_image_bytes: int = 10 * 1024 * 1024  # per uploaded file
     min_images_to_train: int = 1
     # Per-tenant limits (a tenant row's own value, when set, wins) and the rate-limit counter store.
@@ -148,6 +149,7 @@ class Settings:
             webhook_timeout_seconds=_int(env, "OMNI_WEBHOOK_TIMEOUT_SECONDS", 10),
             webhook_relay_seconds=_int(env, "OMNI_WEBHOOK_RELAY_SECONDS", 5),
             webhook_backoff_seconds=_int(env, "OMNI_WEBHOOK_BACKOFF_SECONDS", 10),
+            webhook_secret_grace_seconds=_int(env, "OMNI_WEBHOOK_SECRET_GRACE_SECONDS", 24 * 3600),
             max_images_per_concept=_int(env, "OMNI_MAX_IMAGES_PER_CONCEPT", 100),
             max_image_bytes=_int(env, "OMNI_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
             min_images_to_train=_int(env, "OMNI_MIN_TRAIN_IMAGES", 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..concepts.schemas import iso
 from ..models import WebhookDelivery, WebhookEndpoint
@@ -16,6 +16,24 @@ class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(min_length=1, max_length=2000, description="http(s) URL that receives the events")
     events: list[EventName] = Field(min_length=1, max_length=4, description="events to send to this URL")
+
+
+class WebhookUpdate(BaseModel):
+    """PATCH: the fields to change (at least one); a new URL is checked like a new endpoint's."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(None, min_length=1, max_length=2000, description="http(s) URL that receives the events")
+    events: list[EventName] | None = Field(None, min_length=1, max_length=4, description="events to send")
+    enabled: bool | None = Field(None, strict=True,  # "yes" or 1 is refused, not read as true
+                                 description="false pauses deliveries to this URL (pending ones fail)")
+
+    @field_validator("url", "events", "enabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Leaving a field out keeps it; an explicit null would be ambiguous, so it is refused.
+        if value is None:
+            raise ValueError("may not be null; leave the field out to keep it")
+        return value
 
 
 class WebhookOut(BaseModel):
@@ -34,6 +52,9 @@ class WebhookList(BaseModel):
 
 class SecretOut(BaseModel):
     secret: str = Field(description="whsec_<base64>: the new signing secret, shown once")
+    previous_secret_valid_until: str | None = Field(
+        None, description="until then deliveries carry a second signature made with the replaced secret "
+                          "(OMNI_WEBHOOK_SECRET_GRACE_SECONDS); null when there was none or no grace period")
 
 
 class DeliveryAttempt(BaseModel):

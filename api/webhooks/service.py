@@ -26,7 +26,7 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,17 +73,38 @@ def ensure_secret(session: Session, tenant_id: uuid.UUID) -> str | None:
     return secret
 
 
-def rotate_secret(session: Session, tenant_id: uuid.UUID) -> str:
-    """A new secret replaces the old one; deliveries from now on are signed with the new one."""
+def rotate_secret(session: Session, tenant_id: uuid.UUID, grace_seconds: int) -> WebhookSecret:
+    """A new secret replaces the old one. For `grace_seconds` deliveries carry a signature with
+    each (the old one is kept as `previous_secret`), so a receiver can deploy the new secret
+    without rejecting events meanwhile; a second rotation in that time drops the oldest."""
     row = session.scalars(select(WebhookSecret).where(WebhookSecret.tenant_id == tenant_id)
                           .with_for_update()).first()
     secret = new_secret()
+    now = utcnow()
     if row is None:
-        session.add(WebhookSecret(tenant_id=tenant_id, secret=secret))
+        row = WebhookSecret(tenant_id=tenant_id, secret=secret, created_at=now)
+        session.add(row)
     else:
+        row.previous_secret = row.secret if grace_seconds > 0 else None
+        row.previous_valid_until = now + timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
         row.secret = secret
-        row.created_at = utcnow()
-    return secret
+        row.created_at = now
+    session.flush()
+    return row
+
+
+def signature_header(row: WebhookSecret, msg_id: str, timestamp: int, body: bytes,
+                     now: datetime | None = None) -> str:
+    """`webhook-signature`: the current secret's signature, then, during the grace period after a
+    rotation, the previous secret's (space-separated, as Standard Webhooks allows)."""
+    signatures = [sign(row.secret, msg_id, timestamp, body)]
+    valid_until = row.previous_valid_until
+    if row.previous_secret and valid_until is not None:
+        if valid_until.tzinfo is None:  # SQLite hands back naive UTC
+            valid_until = valid_until.replace(tzinfo=UTC)
+        if (now or utcnow()) < valid_until:
+            signatures.append(sign(row.previous_secret, msg_id, timestamp, body))
+    return " ".join(signatures)
 
 
 # -- target addresses ---------------------------------------------------------------------------
@@ -144,6 +165,22 @@ def create_endpoint(session: Session, settings: Settings, tenant_id: uuid.UUID, 
     secret = ensure_secret(session, tenant_id)
     session.commit()
     return endpoint, secret
+
+
+def update_endpoint(session: Session, settings: Settings, endpoint: WebhookEndpoint, url: str | None,
+                    events: list[str] | None, enabled: bool | None) -> WebhookEndpoint:
+    """Changes the given fields; a new URL passes the same address checks as at registration
+    (before anything is written). Deliveries already recorded keep going to the endpoint's URL
+    as it is when they are sent."""
+    if url is not None:
+        resolve_target(url, settings.webhooks_allow_private)
+        endpoint.url = url
+    if events is not None:
+        endpoint.events = list(dict.fromkeys(events))
+    if enabled is not None:
+        endpoint.enabled = enabled
+    session.commit()
+    return endpoint
 
 
 # -- the outbox ---------------------------------------------------------------------------------
@@ -242,7 +279,7 @@ def deliver(session: Session, settings: Settings, delivery_id: uuid.UUID) -> Del
     assert delivery is not None
     session.refresh(delivery)
     endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-    secret = session.scalars(select(WebhookSecret.secret).where(WebhookSecret.tenant_id == delivery.tenant_id)).first()
+    secret = session.scalars(select(WebhookSecret).where(WebhookSecret.tenant_id == delivery.tenant_id)).first()
     status: int | None = None
     error: str | None = None
     started = time.monotonic()
@@ -253,7 +290,8 @@ def deliver(session: Session, settings: Settings, delivery_id: uuid.UUID) -> Del
         timestamp = int(time.time())
         body = encode_body(delivery.payload)
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "webhook-id": msg_id,
-                   "webhook-timestamp": str(timestamp), "webhook-signature": sign(secret, msg_id, timestamp, body)}
+                   "webhook-timestamp": str(timestamp),
+                   "webhook-signature": signature_header(secret, msg_id, timestamp, body)}
         try:
             target = resolve_target(endpoint.url, settings.webhooks_allow_private)
             status = post(target, headers, body, settings.webhook_timeout_seconds)

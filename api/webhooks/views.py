@@ -1,4 +1,5 @@
-"""Webhook endpoints (register, list, get, delete), the signing secret (rotate) and the delivery log."""
+"""Webhook endpoints (register, list, get, update, delete), the signing secret (rotate, with a grace
+period for the old one) and the delivery log."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
+from ..concepts.schemas import iso
 from ..context import principal, services, session
-from ..errors import NotFound
+from ..errors import ApiError, NotFound
 from ..models import WebhookDelivery, WebhookEndpoint
 from ..scoping import get_scoped
 from ..spec import documented, parse_body, parse_model
@@ -20,6 +22,7 @@ from .schemas import (
     WebhookCreate,
     WebhookList,
     WebhookOut,
+    WebhookUpdate,
     delivery_dict,
     webhook_dict,
 )
@@ -51,6 +54,18 @@ def get(webhook_id: str) -> ResponseReturnValue:
     return jsonify(webhook_dict(endpoint))
 
 
+@bp.patch("/v1/webhooks/<webhook_id>")
+@documented(request=WebhookUpdate, response=WebhookOut, errors=(400, 401, 404))
+def update(webhook_id: str) -> ResponseReturnValue:
+    body = parse_body(WebhookUpdate)
+    if not body.model_fields_set:
+        raise ApiError("body", "send at least one of url, events, enabled")
+    endpoint = get_scoped(session(), WebhookEndpoint, webhook_id, principal().tenant_id, "webhook")
+    events = list(body.events) if body.events is not None else None
+    endpoint = service.update_endpoint(session(), services().settings, endpoint, body.url, events, body.enabled)
+    return jsonify(webhook_dict(endpoint))
+
+
 @bp.delete("/v1/webhooks/<webhook_id>")
 @documented(status=204, errors=(401, 404))
 def delete(webhook_id: str) -> ResponseReturnValue:
@@ -65,9 +80,10 @@ def delete(webhook_id: str) -> ResponseReturnValue:
 @documented(response=SecretOut, errors=(401,))
 def rotate_secret() -> ResponseReturnValue:
     db = session()
-    secret = service.rotate_secret(db, principal().tenant_id)
+    row = service.rotate_secret(db, principal().tenant_id, services().settings.webhook_secret_grace_seconds)
     db.commit()
-    return jsonify({"secret": secret})
+    previous_until = iso(row.previous_valid_until) if row.previous_secret else None
+    return jsonify(SecretOut(secret=row.secret, previous_secret_valid_until=previous_until).model_dump())
 
 
 @bp.get("/v1/webhooks/<webhook_id>/deliveries")

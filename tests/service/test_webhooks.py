@@ -11,6 +11,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from api.jobs import service as jobs
-from api.models import Job, WebhookDelivery, WebhookEndpoint
+from api.models import Job, WebhookDelivery, WebhookEndpoint, WebhookSecret, utcnow
 from api.webhooks import service as webhooks
 from workers.webhooks import deliver_webhook, relay_webhooks
 
@@ -257,3 +258,120 @@ def test_another_tenants_webhooks_are_not_found(tenant, receiver, private_ok, se
     assert tenant.client.delete(f"/v1/webhooks/{hook['id']}",
                                 headers={"Authorization": f"Bearer {tenant.api_key}"}).status_code == 204
     assert tenant.get(f"/v1/webhooks/{hook['id']}").status_code == 404
+
+
+# -- PATCH /v1/webhooks/<id> ----------------------------------------------------------------------
+def _patch(tc, path: str, body: object):
+    return tc.client.patch(path, json=body, headers={"Authorization": f"Bearer {tc.api_key}"})
+
+
+def _endpoint_row(session_factory, hook_id: str) -> tuple[str, list[str], bool]:
+    with session_factory() as session:
+        row = session.get(WebhookEndpoint, uuid.UUID(hook_id))
+        return row.url, list(row.events), row.enabled
+
+
+def test_patch_changes_url_events_and_enabled(tenant, receiver, session_factory):
+    hook = _register(tenant, receiver.url, ["job.failed"])
+    path = f"/v1/webhooks/{hook['id']}"
+    changed = _patch(tenant, path, {"events": ["job.succeeded", "job.succeeded", "batch.done"]})
+    assert changed.status_code == 200, changed.json
+    assert changed.json["events"] == ["job.succeeded", "batch.done"] and changed.json["secret"] is None
+    new_url = receiver.url.replace("/hooks?x=1", "/moved")
+    assert _patch(tenant, path, {"url": new_url}).json["url"] == new_url
+    _finished_job(session_factory, tenant.tenant_id, "succeeded")  # now subscribed: recorded
+    assert _patch(tenant, path, {"enabled": False}).json["enabled"] is False
+    _finished_job(session_factory, tenant.tenant_id, "succeeded")  # paused: not recorded
+    assert tenant.get(path).json == {**hook, "url": new_url, "events": ["job.succeeded", "batch.done"],
+                                     "enabled": False, "secret": None}
+    with session_factory() as session:
+        events = session.scalars(select(WebhookDelivery.event)).all()
+    assert events == ["job.succeeded"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "body"), ({"url": None}, "url"), ({"events": []}, "events"), ({"events": ["job.exploded"]}, "events.0"),
+    ({"enabled": "yes"}, "enabled"), ({"secret": "x"}, "secret"), ({"url": "ftp://example.com/"}, "url"),
+])
+def test_bad_patches_are_400_naming_the_field_and_change_nothing(tenant, receiver, session_factory, body, field):
+    hook = _register(tenant, receiver.url)
+    before = _endpoint_row(session_factory, hook["id"])
+    response = _patch(tenant, f"/v1/webhooks/{hook['id']}", body)
+    assert response.status_code == 400, response.json
+    assert response.json["error"]["field"] == field
+    assert _endpoint_row(session_factory, hook["id"]) == before
+
+
+def test_patch_checks_the_new_url_like_registration(tenant, receiver, session_factory, app):
+    """On an app whose operator does not allow private targets (the default), the same key may
+    not move an endpoint to a loopback, private or metadata address."""
+    hook = _register(tenant, receiver.url)
+    strict = type(tenant)(app.test_client(), tenant.tenant_id, tenant.api_key)
+    for url in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest/meta-data/", "http://[::1]/"):
+        response = _patch(strict, f"/v1/webhooks/{hook['id']}", {"url": url})
+        assert response.status_code == 400 and response.json["error"]["field"] == "url", url
+    assert _endpoint_row(session_factory, hook["id"])[0] == receiver.url
+
+
+def test_patch_of_another_tenants_webhook_is_404(tenant, receiver, private_ok, session_factory):
+    hook = _register(tenant, receiver.url)
+    other = make_tenant(session_factory, private_ok, "other")
+    for hook_id in (hook["id"], str(uuid.uuid4()), "not-a-uuid"):
+        assert _patch(other, f"/v1/webhooks/{hook_id}", {"enabled": False}).status_code == 404
+    assert _endpoint_row(session_factory, hook["id"])[2] is True
+
+
+# -- secret rotation with a grace period ----------------------------------------------------------
+def _deliver_one(rt, session_factory, tenant_id) -> None:
+    """A finished job's event, relayed and delivered once (to the test's receiver)."""
+    _finished_job(session_factory, tenant_id)
+    sent: list[uuid.UUID] = []
+    assert relay_webhooks(rt, sent.append) == 1
+    assert deliver_webhook(rt, sent[0], lambda *_: pytest.fail("no retry expected")) == "succeeded"
+
+
+def test_after_rotation_deliveries_are_signed_with_both_secrets_until_the_grace_ends(
+        tenant, receiver, session_factory, rt):
+    old = _register(tenant, receiver.url)["secret"]
+    rotated = tenant.post("/v1/webhooks/secret/rotate")
+    assert rotated.status_code == 200
+    new = rotated.json["secret"]
+    assert new != old and rotated.json["previous_secret_valid_until"] is not None
+
+    _deliver_one(rt, session_factory, tenant.tenant_id)
+    headers, body = receiver.requests[-1]
+    signatures = headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2
+    for secret, signature in zip((new, old), signatures, strict=True):  # the new one first
+        assert verify(secret, {**headers, "webhook-signature": signature}, body)
+
+    with session_factory() as session:  # the grace period is over
+        row = session.scalars(select(WebhookSecret).where(WebhookSecret.tenant_id == tenant.tenant_id)).one()
+        row.previous_valid_until = utcnow() - timedelta(seconds=1)
+        session.commit()
+    _deliver_one(rt, session_factory, tenant.tenant_id)
+    headers, body = receiver.requests[-1]
+    assert len(headers["webhook-signature"].split(" ")) == 1
+    assert verify(new, headers, body) and not verify(old, headers, body)
+
+
+def test_a_second_rotation_keeps_only_the_secret_it_replaced(tenant, receiver, session_factory, rt):
+    first = _register(tenant, receiver.url)["secret"]
+    second = tenant.post("/v1/webhooks/secret/rotate").json["secret"]
+    third = tenant.post("/v1/webhooks/secret/rotate").json["secret"]
+    _deliver_one(rt, session_factory, tenant.tenant_id)
+    headers, body = receiver.requests[-1]
+    signatures = headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2
+    assert verify(third, {**headers, "webhook-signature": signatures[0]}, body)
+    assert verify(second, {**headers, "webhook-signature": signatures[1]}, body)
+    assert not verify(first, headers, body)
+
+
+def test_without_a_grace_period_the_old_secret_stops_at_once(session_factory, acme):
+    with session_factory() as session:
+        webhooks.ensure_secret(session, acme.tenant_id)
+        row = webhooks.rotate_secret(session, acme.tenant_id, grace_seconds=0)
+        session.commit()
+        assert (row.previous_secret, row.previous_valid_until) == (None, None)
+        assert " " not in webhooks.signature_header(row, "msg_1", 0, b"{}")
