@@ -106,7 +106,7 @@ def save_now(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/<job_id>/retry")
-@documented(response=JobOut, status=202, errors=(404, 409, 422, 429))
+@documented(response=JobOut, status=202, errors=(400, 404, 409, 422, 429))
 @idempotent
 def retry(job_id: str) -> ResponseReturnValue:
     """A failed or canceled job again: training as a new job (`retry_of`), a render re-queued."""
