@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import uuid
 
+from celery.signals import worker_process_init, worker_shutting_down
+
 from api.celery_config import (
     REAP_TASK,
     RENDER_TASK,
@@ -19,6 +21,7 @@ from api.queue import CeleryPublisher
 from api.settings import Settings
 
 from .captioning import register_caption_task
+from .drain import forward_drain, install_child_handler
 from .rendering import run_render_job
 from .runtime import runtime
 from .training import run_train_job
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 app = make_celery(Settings.from_env())
 register_caption_task(app)  # auto-captions of uploads, on the render queue
 connect_celery_logging()  # JSON logs in worker processes, each line tagged with its job id
+# SIGTERM (pods stopping): a running training checkpoints and goes back on its queue (workers/drain.py).
+worker_process_init.connect(install_child_handler, weak=False)
+worker_shutting_down.connect(forward_drain, weak=False)
 
 
 def _job_id(raw: str) -> uuid.UUID | None:

@@ -28,6 +28,7 @@ from api.models import Concept, ConceptVersion, Job, TrainingSnapshot, utcnow
 from api.storage import ObjectStore, tenant_key
 
 from .captioning import accepted_captions
+from .drain import drain_requested, requeue_for_drain
 from .faults import settle_failure, takeover_seconds
 from .heartbeat import Heartbeat
 from .runtime import WorkerRuntime
@@ -152,6 +153,8 @@ class TrainingControls:
         return row
 
     def should_stop(self) -> bool:
+        if drain_requested():  # the worker got SIGTERM: checkpoint and requeue (workers/drain.py)
+            return True
         row = retry_on_disconnect(self.session, self._read, seconds=self.db_retry_seconds)
         if row is None:
             return True
@@ -370,6 +373,13 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                         log.warning("train job %s was taken over (state %s, attempt %d); stopping",
                                     job_id, job.state, job.attempts)
                         return "released"
+                    if drain_requested() and not job.cancel_requested and not job.keep_on_stop:
+                        mirror.sync()  # the trainer checkpointed the step it stopped at
+                        requeued = retry_on_disconnect(session, lambda: requeue_for_drain(
+                            session, job, rt.publisher(), attempt=attempt), seconds=db_wait)
+                        if requeued:
+                            return "drained"
+                        retry_on_disconnect(session, lambda: session.refresh(job), seconds=db_wait)
                     if not job.keep_on_stop or result.steps_done == 0:
                         jobs.mark_canceled(session, job_id)
                         jobs.settle_concept_after(session, job)
