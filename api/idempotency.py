@@ -31,8 +31,9 @@ def request_fingerprint() -> str:
     boundary differs between retries)."""
     h = hashlib.sha256(f"{request.method} {request.path}\n".encode())
     if request.mimetype == "multipart/form-data":
-        h.update(json.dumps(sorted(request.form.items(multi=True))).encode())
-        for name, storage in sorted(request.files.items(multi=True), key=lambda item: item[0]):
+        # A part may come without a name (None): sort as text so any form fingerprints, not a 500.
+        h.update(json.dumps(sorted(request.form.items(multi=True), key=lambda kv: (str(kv[0]), kv[1]))).encode())
+        for name, storage in sorted(request.files.items(multi=True), key=lambda item: str(item[0])):
             data = storage.read()
             storage.seek(0)
             h.update(f"{name}:{storage.filename}:{hashlib.sha256(data).hexdigest()}\n".encode())
