@@ -57,10 +57,11 @@ def get(webhook_id: str) -> ResponseReturnValue:
 @bp.patch("/v1/webhooks/<webhook_id>")
 @documented(request=WebhookUpdate, response=WebhookOut, errors=(400, 401, 404))
 def update(webhook_id: str) -> ResponseReturnValue:
+    # Looked up first: another tenant's id is 404 whatever the body holds.
+    endpoint = get_scoped(session(), WebhookEndpoint, webhook_id, principal().tenant_id, "webhook")
     body = parse_body(WebhookUpdate)
     if not body.model_fields_set:
         raise ApiError("body", "send at least one of url, events, enabled")
-    endpoint = get_scoped(session(), WebhookEndpoint, webhook_id, principal().tenant_id, "webhook")
     events = list(body.events) if body.events is not None else None
     endpoint = service.update_endpoint(session(), services().settings, endpoint, body.url, events, body.enabled)
     return jsonify(webhook_dict(endpoint))
