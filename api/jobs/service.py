@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -280,32 +280,39 @@ def queue_position(session: Session, job: Job, recent: int = 20) -> dict[str, An
     of jobs running now (at least one): the API cannot see the workers."""
     if job.state != "queued":
         return None
-    ahead = list(session.scalars(
-        select(Job).where(Job.queue == job.queue, Job.state == "queued", Job.id != job.id,
-                          or_(Job.created_at < job.created_at,
-                              (Job.created_at == job.created_at) & (Job.id < job.id)))
-    ))
-    running = list(session.scalars(select(Job).where(Job.queue == job.queue, Job.state == "running")))
+    # Jobs ahead are counted in the database, not loaded: a status read must not grow with the
+    # queue (only a training ETA reads their step counts). Running jobs are few (one per worker).
+    is_ahead = (Job.queue == job.queue, Job.state == "queued", Job.id != job.id,
+                or_(Job.created_at < job.created_at, (Job.created_at == job.created_at) & (Job.id < job.id)))
     finished = session.execute(
         select(Job.started_at, Job.finished_at, Job.payload).where(
             Job.queue == job.queue, Job.state == "succeeded", Job.started_at.is_not(None),
             Job.finished_at.is_not(None)).order_by(Job.finished_at.desc()).limit(recent)
     ).all()
-    report: dict[str, Any] = {"position": len(ahead) + 1, "ahead": len(ahead), "running": len(running),
-                              "eta_seconds": None}
     durations = [((f - s).total_seconds(), int(p.get("steps") or 0)) for s, f, p in finished]
-    if not durations:
-        return report
+    is_running = (Job.queue == job.queue) & (Job.state == "running")
+    if not durations:  # no ETA to make: both counts in one round trip
+        ahead, running_count = session.execute(select(
+            func.count().filter(and_(*is_ahead)), func.count().filter(is_running)
+        ).select_from(Job).where(Job.queue == job.queue)).one()
+        return {"position": ahead + 1, "ahead": ahead, "running": running_count, "eta_seconds": None}
+    ahead = session.scalar(select(func.count()).select_from(Job).where(*is_ahead)) or 0
+    running = session.execute(select(Job.payload, Job.progress).where(is_running)).all()
+    report: dict[str, Any] = {"position": ahead + 1, "ahead": ahead, "running": len(running),
+                              "eta_seconds": None}
     mean_seconds = sum(d for d, _ in durations) / len(durations)
     total_steps = sum(n for _, n in durations)
     per_step = sum(d for d, _ in durations) / total_steps if job.kind == "train" and total_steps else None
 
-    def expected(other: Job) -> float:
-        steps = int(other.payload.get("steps") or 0)
+    def expected(payload: dict[str, Any] | None) -> float:
+        steps = int((payload or {}).get("steps") or 0)
         return per_step * steps if per_step is not None and steps else mean_seconds
 
-    work = sum(expected(other) for other in ahead)
-    work += sum(expected(other) * (1.0 - (other.progress or 0.0)) for other in running)
+    if per_step is None:
+        work = mean_seconds * ahead
+    else:
+        work = sum(expected(payload) for payload in session.scalars(select(Job.payload).where(*is_ahead)))
+    work += sum(expected(payload) * (1.0 - (progress or 0.0)) for payload, progress in running)
     report["eta_seconds"] = round(work / max(1, len(running)), 2)
     return report
 

@@ -268,3 +268,33 @@ def test_members_get_404_on_every_admin_route(app, world, acme):
     # Nothing the member tried was done: still one key for the admin, one for the member.
     keys = acme.get("/v1/keys").json["keys"]
     assert len(keys) == 2 and all(k["revoked_at"] is None for k in keys)
+
+
+def test_last_used_at_is_written_at_most_once_a_minute_and_revocation_still_read_each_time(acme, session_factory):
+    """Auth's hot path: no write per request (a read is one SELECT), yet the key's last use stays
+    within a minute of the truth and a revoked key is refused on its next request."""
+    from datetime import timedelta
+
+    from api.auth import LAST_USED_RESOLUTION
+    from api.models import utcnow
+
+    def last_used() -> Any:
+        with session_factory() as session:
+            return session.scalars(select(ApiKey.last_used_at).where(ApiKey.tenant_id == acme.tenant_id)).one()
+
+    assert acme.get("/v1/me").status_code == 200
+    first = last_used()
+    assert first is not None and abs((utcnow() - first).total_seconds()) < 30
+    assert acme.get("/v1/me").status_code == 200
+    assert last_used() == first  # within the minute: not rewritten
+    with session_factory() as session:
+        key = session.scalars(select(ApiKey).where(ApiKey.tenant_id == acme.tenant_id)).one()
+        key.last_used_at = first - LAST_USED_RESOLUTION - timedelta(seconds=1)
+        session.commit()
+    assert acme.get("/v1/me").status_code == 200
+    assert last_used() > first - timedelta(seconds=1)  # older than the resolution: written again
+    with session_factory() as session:
+        key = session.scalars(select(ApiKey).where(ApiKey.tenant_id == acme.tenant_id)).one()
+        key.revoked_at = utcnow()
+        session.commit()
+    assert acme.get("/v1/me").status_code == 401
