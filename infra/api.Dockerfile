@@ -5,7 +5,7 @@
 FROM python:3.11-slim
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     OMNI_DATA_DIR=/data PORT=8000 PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
-RUN groupadd --system --gid 10001 omni && useradd --system --uid 10001 --gid omni --home-dir /app omni
+RUN groupadd --system --gid 10001 omni && useradd --system --uid 10001 --gid omni --create-home --home-dir /home/omni omni
 WORKDIR /app
 COPY infra/requirements-api.txt infra/requirements-api.txt
 RUN pip install --no-cache-dir -r infra/requirements-api.txt

@@ -15,7 +15,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev build-essential \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv
-RUN groupadd --system --gid 10001 omni && useradd --system --uid 10001 --gid omni --home-dir /app omni
+RUN groupadd --system --gid 10001 omni && useradd --system --uid 10001 --gid omni --create-home --home-dir /home/omni omni
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini Procfile ./
 COPY omnipersona omnipersona
