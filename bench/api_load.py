@@ -75,6 +75,22 @@ class Processes:
                     continue
 
 
+def group_cpu_seconds(pgids: list[int]) -> float:
+    """User + system CPU seconds of every live process in these process groups (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in pgids:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def _as_postgres(argv: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root; run its binaries as the `postgres` user then."""
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
@@ -162,7 +178,7 @@ def seed_tenant(env: dict[str, str]) -> tuple[str, str]:
 
 
 @contextmanager
-def service(workers: int, threads: int, keep_logs: Path | None) -> Iterator[tuple[int, str, str, Path]]:
+def service(workers: int, threads: int, keep_logs: Path | None) -> Iterator[tuple[int, str, str, list[int]]]:
     procs = Processes()
     work = Path(tempfile.mkdtemp(prefix="omni-load-"))
     log_dir = keep_logs or work / "logs"
@@ -191,7 +207,7 @@ def service(workers: int, threads: int, keep_logs: Path | None) -> Iterator[tupl
             if time.monotonic() > deadline:
                 raise TimeoutError("gunicorn did not answer /healthz within 60 s")
             time.sleep(0.3)
-        yield port, key, concept_id, log_dir
+        yield port, key, concept_id, [popen.pid for _, popen in procs.started]
     finally:
         procs.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -229,7 +245,9 @@ def create_render(client: Client, concept_id: str, seed: int) -> tuple[int, byte
 
 
 def run_load(port: int, key: str, concept_id: str, seconds: float, readers: int, creators: int,
-             seed_jobs: int) -> dict[str, Samples]:
+             seed_jobs: int, server_pgids: list[int]) -> tuple[dict[str, Samples], float, float]:
+    """Per kind samples, and the CPU seconds the servers (gunicorn, PostgreSQL, Redis) and this
+    client process spent during the measured window."""
     setup = Client(port, key)
     job_ids: list[str] = []
     for i in range(seed_jobs):  # jobs to read, made through the API (and a warm-up of both workers)
@@ -276,11 +294,14 @@ def run_load(port: int, key: str, concept_id: str, seconds: float, readers: int,
 
     threads = [threading.Thread(target=loop, args=("status read", i)) for i in range(readers)]
     threads += [threading.Thread(target=loop, args=("job creation", readers + i)) for i in range(creators)]
+    while time.monotonic() < start - 0.3:
+        time.sleep(0.01)
+    servers_before, client_before = group_cpu_seconds(server_pgids), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return results
+    return results, group_cpu_seconds(server_pgids) - servers_before, time.process_time() - client_before
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -305,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.seconds > 600:
         parser.error("--seconds must be in (0, 600]")
 
-    with service(args.workers, args.threads, args.logs) as (port, key, concept_id, _):
-        results = run_load(port, key, concept_id, args.seconds, args.readers, args.creators, args.seed_jobs)
+    with service(args.workers, args.threads, args.logs) as (port, key, concept_id, pgids):
+        results, server_cpu, client_cpu = run_load(port, key, concept_id, args.seconds, args.readers,
+                                                   args.creators, args.seed_jobs, pgids)
 
     print(f"API load: {args.seconds:.0f} s, gunicorn {args.workers} workers x {args.threads} threads, "
           f"{args.readers} readers + {args.creators} creators, PostgreSQL + Redis on 127.0.0.1, "
@@ -318,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {kind} | {count} | {len(s.latencies) / args.seconds:.0f} | "
               f"{percentile(s.latencies, 50) * 1000:.1f} | {percentile(s.latencies, 99) * 1000:.1f} | {s.errors} | "
               f"{dict(sorted(s.statuses.items()))} |")
+    served = sum(len(r.latencies) + r.errors for r in results.values())
+    print(f"CPU during the load: servers {server_cpu:.1f} s ({1000 * server_cpu / max(1, served):.1f} ms per request, "
+          f"gunicorn + PostgreSQL + Redis), client {client_cpu:.1f} s; machine-wide "
+          f"{args.seconds * (os.cpu_count() or 1):.0f} CPU-seconds were available")
     reads = results["status read"]
     reads_per_s = len(reads.latencies) / args.seconds
     p99_ms = percentile(reads.latencies, 99) * 1000
