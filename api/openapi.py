@@ -6,7 +6,7 @@ of its body, query and response, its success status and the errors it can answer
 route of a kind can answer is added here once, where it is decided:
 
 - authenticated routes: 401 (missing, invalid or revoked key), 429 (per-key rate limit or a
-  quota, with `Retry-After`), 400 (a key sent in the URL instead of a header);
+  quota; `Retry-After` when it is the rate limit), 400 (a key sent in the URL instead of a header);
 - routes that take a body: 400 (not JSON / not a form) and 413 (over `MAX_CONTENT_LENGTH`);
 - routes that honour `Idempotency-Key`: the header itself, 400 (bad key), 409 (the first request
   with the key is still running) and 422 (the key was used for a different request).
@@ -102,7 +102,7 @@ def _error_response(status: int) -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="ErrorResponse")}}},
     }
     if status == 429:
-        response["headers"] = {"Retry-After": {"description": "seconds until a request may succeed",
+        response["headers"] = {"Retry-After": {"description": "with code rate_limited: seconds to the next window",
                                                "schema": {"type": "integer", "minimum": 1}}}
     return response
 
