@@ -89,7 +89,9 @@ def test_operator_logs_in_reads_the_jobs_and_uses_the_buttons(served, browser, a
     assert failure.find_element(By.CSS_SELECTOR, "td.error").text == FAILURE_TEXT
     running = row(browser, seeded.running)
     assert running.find_element(By.CSS_SELECTOR, "td.progress").text == "42%"
-    assert running.find_element(By.CSS_SELECTOR, "td.heartbeat").text in ("5 s", "6 s", "7 s")
+    # seeded 5 s before the fixture finished; the page is read within a minute of it, even on a busy machine
+    age, unit = running.find_element(By.CSS_SELECTOR, "td.heartbeat").text.split()
+    assert unit == "s" and 5 <= int(age) <= 60, age
     assert "globex" in running.text
     assert browser.find_element(By.CSS_SELECTOR, "#queue-render td.queued").text == "1"
     assert browser.find_element(By.ID, "usage").text == "no usage recorded"
