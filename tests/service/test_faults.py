@@ -196,6 +196,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     s3 = None
     processes = None
     engine = None
+    fault_stack = None
     try:
         private_redis.start()
         s3 = start_seaweedfs(s3_dir)
@@ -221,13 +222,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         processes.wait_http(f"{url}/healthz", timeout=60)
         for worker in workers:
             processes.wait_log(worker, "ready.", timeout=90)
-        yield FaultStack(url, settings, engine, processes, private_redis, postgres, s3, s3_dir, bucket)
+        fault_stack = FaultStack(url, settings, engine, processes, private_redis, postgres, s3, s3_dir, bucket)
+        yield fault_stack
     finally:
         if processes is not None:
             processes.stop()
         if engine is not None:
             engine.dispose()
-        if s3 is not None:
+        if fault_stack is not None:
+            fault_stack.s3.stop()  # the S3 test restarts it: stop the one running now
+        elif s3 is not None:
             s3.stop()
         private_redis.stop()
         postgres.destroy()
