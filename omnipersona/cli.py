@@ -375,6 +375,9 @@ def cmd_evaluate_base(args: argparse.Namespace) -> int:
     return 0
 
 
+QUICK_CONCEPTS = 5  # `bench --quick`: five concepts from the seed (the 20-concept run takes about 45 min)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -402,11 +405,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    result = run_bench(backbone, recogniser, seed=args.seed, n_concepts=args.concepts, steps=args.steps,
+    n_concepts = QUICK_CONCEPTS if args.quick else args.concepts
+    result = run_bench(backbone, recogniser, seed=args.seed, n_concepts=n_concepts, steps=args.steps,
                        rows=rows, sample_steps=args.sample_steps, log=log)
     paths = write_report(result, args.out)
     print(markdown_table(result))
-    print(f"\nseed {args.seed}, {args.concepts} concepts, {args.steps} steps per concept; "
+    print(f"\nseed {args.seed}, {n_concepts} concepts, {args.steps} steps per concept; "
           f"{result.seconds:.0f} s in all; " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
     return 0
 
@@ -507,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recogniser", metavar="DIR", help="judge's weights (default: the committed one)")
     p.add_argument("--seed", type=int, default=0, help="draws the concepts (default 0)")
     p.add_argument("--concepts", type=positive_int, default=20, help="number of concepts (default 20)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_CONCEPTS} concepts instead of --concepts")
     p.add_argument("--steps", type=positive_int, default=300, help="training steps per concept (default 300)")
     p.add_argument("--sample-steps", type=positive_int, default=25, help="flow steps per image (default 25)")
     p.add_argument("--rows", nargs="+", metavar="ROW", help="subset of rows (default: all)")
