@@ -77,7 +77,7 @@ class PretrainConfig:
     # Relative frequency of each task in a batch; naming is weighted up (DESIGN: recognition of
     # concept tokens hooks into it).
     mix: dict[str, float] = field(default_factory=lambda: {
-        "caption": 2.0, "vqa": 4.0, "t2i": 2.5, "edit": 1.5, "recaption": 0.5, "naming": 3.0})
+        "caption": 2.0, "vqa": 4.0, "t2i": 2.5, "edit": 1.5, "recaption": 1.0, "naming": 3.0})
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
 
