@@ -100,6 +100,16 @@ def test_backbone_stage_runs_and_freezes_afterwards():
     assert all(not p.requires_grad and p.grad is None for p in bb.model.parameters())
 
 
+def test_backbone_stage_keeps_the_vit_as_stage_1b_left_it():
+    bb = new_toy_backbone(seed=0)
+    vit = {n: p.clone() for n, p in bb.model.named_parameters() if n.startswith(("vit_model.", "connector."))}
+    pretrain_backbone(bb, PretrainConfig(steps=3, batch_size=4, warmup=1))  # freeze_vit by default
+    after = dict(bb.model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in vit.items())
+    pretrain_backbone(bb, PretrainConfig(steps=3, batch_size=4, warmup=1, freeze_vit=False))
+    assert not all(torch.equal(after[n], p) for n, p in vit.items())
+
+
 def test_continued_run_starts_from_saved_weights_and_keeps_every_run_on_record(tmp_path):
     from omnipersona.backbone import Backbone
     from omnipersona.toyworld.pretrain import pretrain_toy
@@ -109,9 +119,9 @@ def test_continued_run_starts_from_saved_weights_and_keeps_every_run_on_record(t
     a = Backbone.load(tmp_path / "a")
     second = pretrain_toy(tmp_path / "b", PretrainConfig(seed=1, steps=3, batch_size=2, warmup=1), init=tmp_path / "a")
     b = Backbone.load(tmp_path / "b")
-    # the VAE is carried over untouched; the MoT moved on from the saved weights
+    # the VAE is carried over untouched; the LLM moved on from the saved weights
     assert torch.equal(a.model.vae.encoder.conv_in.weight, b.model.vae.encoder.conv_in.weight)
-    assert not torch.equal(a.model.connector.fc1.weight, b.model.connector.fc1.weight)
+    assert not torch.equal(a.model.language_model.lm_head.weight, b.model.language_model.lm_head.weight)
     assert second["backbone_steps"] == 5 and len(second["runs"]) == 2
     assert second["seconds"] >= first["seconds"] and second["runs"][1]["init"] == str(tmp_path / "a")
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "losses.jsonl").read_text().splitlines()

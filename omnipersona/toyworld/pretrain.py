@@ -74,6 +74,9 @@ class PretrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     timestep_shift: float = 1.0
+    # Keep the ViT and connector as stage 1b left them: trained on in stage 2, the LLM's loss
+    # washed their shape reading out (a fresh linear readout per patch fell from 0.95 to 0.40).
+    freeze_vit: bool = True
     # Relative frequency of each task in a batch; naming is weighted up (DESIGN: recognition of
     # concept tokens hooks into it).
     mix: dict[str, float] = field(default_factory=lambda: {
@@ -285,16 +288,17 @@ def pack_world_batch(backbone: Backbone, samples: list[WorldSample], generator: 
     return pack_segments(model, bank, backbone.special_ids, segments, encoded, generator, timestep_shift)
 
 
-def trainable_parameters(model: OmniModel) -> list[torch.nn.Parameter]:
-    """Everything but the VAE and the fixed sin-cos tables."""
-    return [p for n, p in model.named_parameters() if not n.startswith("vae.") and "pos_embed.pos_embed" not in n]
+def trainable_parameters(model: OmniModel, train_vit: bool = True) -> list[torch.nn.Parameter]:
+    """Everything but the VAE and the fixed sin-cos tables (and the ViT + connector unless `train_vit`)."""
+    frozen = ("vae.",) if train_vit else ("vae.", "vit_model.", "connector.")
+    return [p for n, p in model.named_parameters() if not n.startswith(frozen) and "pos_embed.pos_embed" not in n]
 
 
 def pretrain_backbone(backbone: Backbone, cfg: PretrainConfig, progress: ProgressFn | None = None,
                       deadline: float | None = None) -> list[dict]:
     """Stage 2. Stops early (keeping what it learned) at `deadline` (time.monotonic())."""
     model = backbone.model
-    params = trainable_parameters(model)
+    params = trainable_parameters(model, train_vit=not cfg.freeze_vit)
     for p in params:
         p.requires_grad_(True)
     model.train()
