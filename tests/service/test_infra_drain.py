@@ -18,32 +18,24 @@ import pytest
 from sqlalchemy import select, update
 
 import omnipersona.trainer as trainer
-from api.admin import create_tenant, migrate
+from api.admin import create_tenant
 from api.concepts import service as concepts
 from api.concepts.schemas import ConceptCreate
-from api.db import make_engine, make_session_factory
 from api.models import Concept, ConceptVersion, Job
-from api.settings import Settings
-from api.storage import LocalStore
 from workers import drain
 from workers.healthcheck import local_node_answered
 from workers.runtime import WorkerRuntime
 from workers.training import checkpoint_prefix, run_train_job
 
 from .conftest import MemoryBroker, png_bytes
+from .worker_setup import worker_runtime
 
 REAL_TRAIN_CONCEPT = trainer.train_concept
 
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> WorkerRuntime:
-    data = tmp_path_factory.mktemp("drain")
-    settings = Settings.from_env({"OMNI_DATA_DIR": str(data), "OMNI_CHECKPOINT_EVERY": "3",
-                                  "OMNI_PREVIEW_EVERY": "100", "OMNI_HEARTBEAT_SECONDS": "1",
-                                  "BROKER_URL": "memory://", "OMNI_BACKBONE": "tiny"})
-    migrate(settings)
-    return WorkerRuntime(settings, make_session_factory(make_engine(settings.database_url)),
-                         LocalStore(settings.local_store_dir))
+    return worker_runtime(tmp_path_factory.mktemp("drain"), OMNI_CHECKPOINT_EVERY="3", OMNI_PREVIEW_EVERY="100")
 
 
 @pytest.fixture

@@ -14,39 +14,28 @@ import torch
 from PIL import Image
 from sqlalchemy import select
 
-from api.admin import create_tenant, migrate
 from api.batches import service as batches
 from api.batches.schemas import BatchCreate
 from api.concepts import service as concepts
 from api.concepts.schemas import ConceptCreate
-from api.db import make_engine, make_session_factory
 from api.models import Batch, Concept, ConceptVersion, Job, Render, WebhookDelivery, WebhookEndpoint
 from api.renders import service as renders
 from api.renders.schemas import RenderCreate
-from api.settings import Settings
-from api.storage import LocalStore
 from workers.rendering import run_render_job
 from workers.runtime import WorkerRuntime
 
 from .conftest import MemoryBroker
+from .worker_setup import new_tenant, worker_runtime
 
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> WorkerRuntime:
-    data = tmp_path_factory.mktemp("render-worker")
-    settings = Settings.from_env({"OMNI_DATA_DIR": str(data), "BROKER_URL": "memory://", "OMNI_BACKBONE": "tiny",
-                                  "OMNI_HEARTBEAT_SECONDS": "1"})
-    migrate(settings)
-    return WorkerRuntime(settings, make_session_factory(make_engine(settings.database_url)),
-                         LocalStore(settings.local_store_dir))
+    return worker_runtime(tmp_path_factory.mktemp("render-worker"))
 
 
 @pytest.fixture(scope="module")
 def tenant_id(rt: WorkerRuntime) -> uuid.UUID:
-    with rt.session_factory() as session:
-        tenant, _ = create_tenant(session, "renderers")
-        session.commit()
-        return tenant.id
+    return new_tenant(rt, "renderers")
 
 
 def _version(rt: WorkerRuntime, tenant_id: uuid.UUID, concept_id: uuid.UUID, name: str, seed: int,

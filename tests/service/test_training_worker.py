@@ -13,37 +13,26 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from api.admin import create_tenant, migrate
 from api.concepts import service as concepts
 from api.concepts.schemas import ConceptCreate
-from api.db import make_engine, make_session_factory
 from api.jobs import service as jobs
 from api.models import Concept, ConceptVersion, Job, TrainingSnapshot
-from api.settings import Settings
-from api.storage import LocalStore
 from workers.runtime import WorkerRuntime
 from workers.training import run_train_job
 
 from .conftest import MemoryBroker, png_bytes
+from .worker_setup import new_tenant, worker_runtime
 
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> WorkerRuntime:
-    data = tmp_path_factory.mktemp("train-worker")
-    settings = Settings.from_env({"OMNI_DATA_DIR": str(data), "OMNI_CHECKPOINT_EVERY": "3",
-                                  "OMNI_PREVIEW_SAMPLE_STEPS": "2", "OMNI_HEARTBEAT_SECONDS": "1",
-                                  "BROKER_URL": "memory://", "OMNI_BACKBONE": "tiny"})
-    migrate(settings)
-    return WorkerRuntime(settings, make_session_factory(make_engine(settings.database_url)),
-                         LocalStore(settings.local_store_dir))
+    return worker_runtime(tmp_path_factory.mktemp("train-worker"), OMNI_CHECKPOINT_EVERY="3",
+                          OMNI_PREVIEW_SAMPLE_STEPS="2")
 
 
 @pytest.fixture(scope="module")
 def tenant_id(rt: WorkerRuntime) -> uuid.UUID:
-    with rt.session_factory() as session:
-        tenant, _ = create_tenant(session, "trainers")
-        session.commit()
-        return tenant.id
+    return new_tenant(rt, "trainers")
 
 
 def _concept(rt: WorkerRuntime, tenant_id: uuid.UUID, name: str, photos: int = 2) -> uuid.UUID:

@@ -11,42 +11,30 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from api.admin import create_tenant, migrate
 from api.concepts import service as concepts
 from api.concepts.schemas import ConceptCreate
-from api.db import make_engine, make_session_factory
 from api.jobs import service as jobs
 from api.models import Concept, ConceptVersion, Job, Render
 from api.renders import service as renders
 from api.renders.schemas import RenderCreate
-from api.settings import Settings
-from api.storage import LocalStore
 from workers.rendering import run_render_job
 from workers.runtime import WorkerRuntime
 from workers.training import run_train_job
 
 from .conftest import MemoryBroker, png_bytes
+from .worker_setup import new_tenant, worker_runtime
 
 STEPS = 6
 
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> WorkerRuntime:
-    data = tmp_path_factory.mktemp("worker")
-    settings = Settings.from_env({"OMNI_DATA_DIR": str(data), "OMNI_CHECKPOINT_EVERY": "2",
-                                  "OMNI_HEARTBEAT_SECONDS": "1", "BROKER_URL": "memory://",
-                                  "OMNI_BACKBONE": "tiny"})
-    migrate(settings)
-    return WorkerRuntime(settings, make_session_factory(make_engine(settings.database_url)),
-                         LocalStore(settings.local_store_dir))
+    return worker_runtime(tmp_path_factory.mktemp("worker"), OMNI_CHECKPOINT_EVERY="2")
 
 
 @pytest.fixture(scope="module")
 def tenant_id(rt: WorkerRuntime) -> uuid.UUID:
-    with rt.session_factory() as session:
-        tenant, _ = create_tenant(session, "workers")
-        session.commit()
-        return tenant.id
+    return new_tenant(rt, "workers")
 
 
 def _concept_with_photos(rt: WorkerRuntime, tenant_id: uuid.UUID, name: str) -> uuid.UUID:
