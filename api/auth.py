@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from flask import g, request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from .errors import ApiError, NotFound, Unauthorized
@@ -35,6 +35,12 @@ class Principal:
         return self.role == PLATFORM_ADMIN or self.role in roles
 
 
+# Built once (every request runs it). The tenant row comes along so the rate limiter's look-up of
+# its limits needs no round trip.
+_KEY_BY_PREFIX = (select(ApiKey, User.role, Tenant).join(User, User.id == ApiKey.user_id)
+                  .join(Tenant, Tenant.id == ApiKey.tenant_id).where(ApiKey.prefix == bindparam("prefix")))
+
+
 def _presented_key() -> str | None:
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
@@ -49,14 +55,13 @@ def authenticate(session: Session) -> Principal:
     if not presented:
         raise Unauthorized("Authorization", "missing API key (Authorization: Bearer <key>)")
     prefix = parse_prefix(presented)
-    # The tenant row comes along so the rate limiter's look-up of its limits needs no round trip.
-    row = session.execute(
-        select(ApiKey, User.role, Tenant).join(User, User.id == ApiKey.user_id)
-        .join(Tenant, Tenant.id == ApiKey.tenant_id).where(ApiKey.prefix == prefix)
-    ).first() if prefix else None
+    row = session.execute(_KEY_BY_PREFIX, {"prefix": prefix}).first() if prefix else None
     if row is None or row[0].revoked_at is not None or not key_matches(presented, row[0].key_hash):
         raise Unauthorized("Authorization", "invalid or revoked API key")
-    key, role, _tenant = row
+    key, role, tenant = row
+    # The session's identity map holds rows weakly: kept referenced for the request, the tenant
+    # is what the rate limiter's session.get(Tenant) finds without a second round trip.
+    g.tenant = tenant
     # A write and a commit on every request would cost more than the read it guards; the time is
     # kept to the minute. Revocation is still read on every request above.
     now = utcnow()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -273,6 +273,24 @@ def retry_job(session: Session, job: Job, publisher: Publisher) -> Job:
     return retried
 
 
+# A status read runs these on every poll: built once with bind parameters, so a read costs the
+# round trips and not the construction and cache-key hashing of the same expressions again.
+_AHEAD = (Job.queue == bindparam("queue"), Job.state == "queued", Job.id != bindparam("job_id"),
+          or_(Job.created_at < bindparam("created_at"),
+              (Job.created_at == bindparam("created_at")) & (Job.id < bindparam("job_id"))))
+_IS_RUNNING = (Job.queue == bindparam("queue")) & (Job.state == "running")
+_RECENT_FINISHED = (
+    select(Job.started_at, Job.finished_at, Job.payload)
+    .where(Job.queue == bindparam("queue"), Job.state == "succeeded", Job.started_at.is_not(None),
+           Job.finished_at.is_not(None))
+    .order_by(Job.finished_at.desc()).limit(bindparam("recent")))
+_COUNT_AHEAD_AND_RUNNING = select(func.count().filter(and_(*_AHEAD)), func.count().filter(_IS_RUNNING)) \
+    .select_from(Job).where(Job.queue == bindparam("queue"))
+_COUNT_AHEAD = select(func.count()).select_from(Job).where(*_AHEAD)
+_RUNNING = select(Job.payload, Job.progress).where(_IS_RUNNING)
+_AHEAD_PAYLOADS = select(Job.payload).where(*_AHEAD)
+
+
 def queue_position(session: Session, job: Job, recent: int = 20) -> dict[str, Any] | None:
     """Where a queued job stands: jobs queued before it in the same queue, jobs running there,
     and an ETA until it starts. Durations come from the queue's last `recent` finished jobs; for
@@ -282,22 +300,14 @@ def queue_position(session: Session, job: Job, recent: int = 20) -> dict[str, An
         return None
     # Jobs ahead are counted in the database, not loaded: a status read must not grow with the
     # queue (only a training ETA reads their step counts). Running jobs are few (one per worker).
-    is_ahead = (Job.queue == job.queue, Job.state == "queued", Job.id != job.id,
-                or_(Job.created_at < job.created_at, (Job.created_at == job.created_at) & (Job.id < job.id)))
-    finished = session.execute(
-        select(Job.started_at, Job.finished_at, Job.payload).where(
-            Job.queue == job.queue, Job.state == "succeeded", Job.started_at.is_not(None),
-            Job.finished_at.is_not(None)).order_by(Job.finished_at.desc()).limit(recent)
-    ).all()
+    params = {"queue": job.queue, "job_id": job.id, "created_at": job.created_at}
+    finished = session.execute(_RECENT_FINISHED, {"queue": job.queue, "recent": recent}).all()
     durations = [((f - s).total_seconds(), int(p.get("steps") or 0)) for s, f, p in finished]
-    is_running = (Job.queue == job.queue) & (Job.state == "running")
     if not durations:  # no ETA to make: both counts in one round trip
-        ahead, running_count = session.execute(select(
-            func.count().filter(and_(*is_ahead)), func.count().filter(is_running)
-        ).select_from(Job).where(Job.queue == job.queue)).one()
+        ahead, running_count = session.execute(_COUNT_AHEAD_AND_RUNNING, params).one()
         return {"position": ahead + 1, "ahead": ahead, "running": running_count, "eta_seconds": None}
-    ahead = session.scalar(select(func.count()).select_from(Job).where(*is_ahead)) or 0
-    running = session.execute(select(Job.payload, Job.progress).where(is_running)).all()
+    ahead = session.scalar(_COUNT_AHEAD, params) or 0
+    running = session.execute(_RUNNING, params).all()
     report: dict[str, Any] = {"position": ahead + 1, "ahead": ahead, "running": len(running),
                               "eta_seconds": None}
     mean_seconds = sum(d for d, _ in durations) / len(durations)
@@ -311,7 +321,7 @@ def queue_position(session: Session, job: Job, recent: int = 20) -> dict[str, An
     if per_step is None:
         work = mean_seconds * ahead
     else:
-        work = sum(expected(payload) for payload in session.scalars(select(Job.payload).where(*is_ahead)))
+        work = sum(expected(payload) for payload in session.scalars(_AHEAD_PAYLOADS, params))
     work += sum(expected(payload) * (1.0 - (progress or 0.0)) for payload, progress in running)
     report["eta_seconds"] = round(work / max(1, len(running)), 2)
     return report

@@ -30,6 +30,8 @@ def _job(job_id: str) -> Job:
 
 def _snapshots(job: Job, expires_in: int) -> list[dict[str, Any]]:
     """The job's previews and saved tokens, each with presigned URLs valid for `expires_in` s."""
+    if job.kind != "train":  # only trainings save snapshots: a render's status read skips the query
+        return []
     store = services().store
     rows = session().scalars(select(TrainingSnapshot).where(
         TrainingSnapshot.job_id == job.id, TrainingSnapshot.tenant_id == job.tenant_id)
