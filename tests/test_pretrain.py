@@ -55,6 +55,8 @@ def test_patch_labels_mark_the_patches_an_object_covers():
     shape = labels["shape"][0].reshape(8, 8)
     assert (shape[:4, :4] == 3).all() and (shape[5:7, 5:7] == 0).all() and shape[0, 7] == -100
     assert (labels["place"] == 3).all()
+    position = labels["position"][0].reshape(8, 8)  # the covering object's position class
+    assert (position[:4, :4] == 0).all() and (position[5:7, 5:7] == 3).all() and position[0, 7] == -100
 
 
 def test_vit_stage_learns_to_read_patches():
