@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -91,12 +91,16 @@ def unfinished_work(session: Session, tenant_id: uuid.UUID) -> int:
     """What counts against `max_concurrent_jobs`: unfinished train/render jobs outside batches,
     plus one per running batch (a batch is one request, however many items it fans out to; its
     size is bounded by OMNI_MAX_BATCH_ITEMS instead)."""
-    in_batch = exists().where(Render.job_id == Job.id, Render.batch_id.is_not(None))
-    jobs = session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.kind.in_(QUOTA_JOB_KINDS), Job.state.in_(UNFINISHED), ~in_batch))
-    batches = session.scalar(select(func.count()).select_from(Batch).where(
-        Batch.tenant_id == tenant_id, Batch.state == "running"))
-    return (jobs or 0) + (batches or 0)
+    return session.scalar(_UNFINISHED_WORK, {"tenant_id": tenant_id}) or 0
+
+
+# Every job creation runs it: both counts in one round trip, the statement built once.
+_UNFINISHED_WORK = select(
+    select(func.count()).select_from(Job).where(
+        Job.tenant_id == bindparam("tenant_id"), Job.kind.in_(QUOTA_JOB_KINDS), Job.state.in_(UNFINISHED),
+        ~exists().where(Render.job_id == Job.id, Render.batch_id.is_not(None))).scalar_subquery()
+    + select(func.count()).select_from(Batch).where(
+        Batch.tenant_id == bindparam("tenant_id"), Batch.state == "running").scalar_subquery())
 
 
 def check_concept_quota(session: Session, tenant_id: uuid.UUID, settings: Settings | None = None) -> None:
