@@ -12,7 +12,16 @@ What it measures (after one warm-up each):
   rows only + AdamW step (per-layer activation checkpointing unless --no-checkpointing); peak
   memory of the step;
 - one generation via `omnipersona.sampler.sample_latents`: `--gen-steps` Euler steps with text
-  CFG (conditional + text-unconditional branch, contexts KV-cached), then the VAE decode.
+  CFG (conditional + text-unconditional branch, contexts KV-cached), then the VAE decode;
+- the FLOP floor of both: the FLOPs of one more (untimed) training step and one more sampling
+  run, counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls and attention), divided
+  by the bf16 matmul rate measured on this device (a `--matmul-size`^3 matmul, median of 5),
+  next to the measured time: `time_over_floor` = measured / floor, 1.0 being a step that runs
+  every FLOP at matmul speed with no other cost. With activation checkpointing the counted
+  FLOPs include the forward recompute of every MoT layer (the GPU executes it);
+  `flops_no_recompute` leaves it out (the layers' forward FLOPs, counted in the same pass).
+  Attention is counted dense over the packed [L, L] sequence, as the kernels compute it under an
+  arbitrary mask, so the floor is the work the GPU does, not the smaller useful work.
 
 Library gaps worked around here (reported, not patched): `ConceptTokens.init_from` adds CPU
 noise to rows of the (CUDA) tables and nothing moves a concept to the model's device, so the
@@ -28,13 +37,17 @@ import contextlib
 import dataclasses
 import functools
 import json
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from omnipersona.config import OmniConfig, bagel_7b_mot_config, tiny_config
 from omnipersona.data import EncodedImages, Sample, pack_samples
@@ -88,6 +101,87 @@ def activation_checkpointing(model: OmniModel, enabled: bool):
     finally:
         for layer in layers:
             layer.__dict__.pop("forward", None)
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------
+# FlopCounterMode has no formula for the CPU flash-attention kernels, which the model's SDPA call
+# (bool mask + enable_gqa) dispatches to on the CPU: without these the --dry-run count would leave
+# attention out. The CUDA kernels (efficient, flash, cuDNN) are counted by torch itself.
+def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flops,
+}
+
+
+def count_flops(fn: Callable[[], Any], layers: nn.ModuleList) -> dict[str, Any]:
+    """FLOPs that `fn()` executes (matmuls and attention; elementwise work is not counted), the part
+    of them in the forward calls of `layers`, and the total per aten op.
+
+    The layer part is read from forward hooks, which fire only when a layer module is called: the
+    recompute of a checkpointed layer calls its bound `forward` directly (see
+    `activation_checkpointing`), so the layer part is the forward pass alone, i.e. exactly what
+    checkpointing executes a second time."""
+    in_layers = 0
+    starts: dict[nn.Module, int] = {}
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        def before(layer: nn.Module, args: Any) -> None:
+            starts[layer] = counter.get_total_flops()
+
+        def after(layer: nn.Module, args: Any, output: Any) -> None:
+            nonlocal in_layers
+            in_layers += counter.get_total_flops() - starts.pop(layer)
+
+        handles = [h for layer in layers
+                   for h in (layer.register_forward_pre_hook(before), layer.register_forward_hook(after))]
+        try:
+            fn()
+        finally:
+            for h in handles:
+                h.remove()
+    by_op = {str(op): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return {"flops": counter.get_total_flops(), "layer_forward_flops": in_layers, "by_op": by_op}
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int, samples: int = 5,
+                       per_sample: int = 10) -> float:
+    """Measured FLOP/s of an n x n x n matmul in `dtype`: the median of `samples` timings of
+    `per_sample` back-to-back matmuls, after a warm-up. The floor divides by this rate, not by the
+    datasheet peak (H200: 989 dense bf16 TFLOP/s), which no kernel reaches; the median, not the best,
+    so that one lucky sample does not set it."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        torch.matmul(a, b, out=c)
+    times = []
+    for _ in range(samples):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(per_sample):
+            torch.matmul(a, b, out=c)
+        sync(device)
+        times.append((time.perf_counter() - start) / per_sample)
+    return 2 * n**3 / statistics.median(times)
+
+
+def sig(x: float, digits: int = 4) -> float:
+    """`x` to `digits` significant digits: floors of the tiny config are microseconds."""
+    return float(f"{x:.{digits}g}")
+
+
+def floor_fields(flops: int, measured_s: float, rate: float) -> dict[str, float]:
+    """The time `flops` take at `rate` FLOP/s, and how many times that the measured time is."""
+    floor_s = flops / rate
+    return {"matmul_tflops": sig(rate / 1e12), "floor_s": sig(floor_s), "time_over_floor": sig(measured_s / floor_s)}
 
 
 # -- setup ----------------------------------------------------------------------------------------
@@ -157,7 +251,8 @@ def probe_sdpa(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: i
 
 def measure_training(model: OmniModel, bank: ConceptBank, special: SpecialIds, concept: ConceptTokens,
                      args: argparse.Namespace, latent_side: int, device: torch.device,
-                     dtype: torch.dtype) -> dict[str, Any]:
+                     dtype: torch.dtype, matmul_rate: float) -> dict[str, Any]:
+    """Timed concept-training steps, then one untimed step under the FLOP counter."""
     generator = torch.Generator().manual_seed(0)
     samples = training_samples(args.gen_samples, args.und_samples, concept.identifier)
     encoded = random_encoded(model.config, len(samples), args.vit_grid, latent_side, dtype, generator,
@@ -179,15 +274,25 @@ def measure_training(model: OmniModel, bank: ConceptBank, special: SpecialIds, c
         t3 = time.perf_counter()
         return {"pack_s": t1 - t0, "h2d_s": t2 - t1, "compute_s": t3 - t2, "tokens": seq.length, "loss": parts}
 
+    def counted_step() -> None:  # the timed compute of `step`, on a sequence packed beforehand
+        loss, _ = joint_loss(model, counted_seq, bank.embedding_rows(), bank.head_rows(), LossWeights())
+        apply_step(loss)
+
     before = [p.detach().clone() for p in concept.parameters()]
     with activation_checkpointing(model, args.checkpointing):
         step()  # warm-up
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         runs = [step() for _ in range(args.timed_steps)]
+        # After the timed steps, so that the counter's dispatch overhead and any memory it keeps
+        # never reach the timings or the peak-memory figure.
+        counted_seq = to_device(pack_samples(model, bank, special, [concept], samples, encoded, generator,
+                                             recipe.timestep_shift), device)
+        counted = count_flops(counted_step, model.language_model.model.layers)
     changed = any(not torch.equal(a, b) for a, b in zip(before, concept.parameters(), strict=True))
     frozen = all(p.grad is None for p in model.parameters())
     mean = {k: sum(r[k] for r in runs) / len(runs) for k in ("pack_s", "h2d_s", "compute_s")}
+    flops = counted["flops"]
     out: dict[str, Any] = {
         "samples": {"generation": args.gen_samples, "understanding": args.und_samples},
         "tokens": runs[-1]["tokens"],
@@ -197,6 +302,11 @@ def measure_training(model: OmniModel, bank: ConceptBank, special: SpecialIds, c
         "last_loss": runs[-1]["loss"],
         "concept_rows_changed": changed,
         "backbone_grads_none": frozen,
+        "counted_tokens": counted_seq.length,
+        "flops": flops,
+        "flops_no_recompute": flops - counted["layer_forward_flops"] if args.checkpointing else flops,
+        "flops_by_op": counted["by_op"],
+        **floor_fields(flops, mean["compute_s"], matmul_rate),
     }
     if device.type == "cuda":
         out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 2)
@@ -205,16 +315,20 @@ def measure_training(model: OmniModel, bank: ConceptBank, special: SpecialIds, c
 
 
 def measure_generation(model: OmniModel, bank: ConceptBank, special: SpecialIds, concept: ConceptTokens,
-                       args: argparse.Namespace, latent_side: int, device: torch.device) -> dict[str, Any]:
+                       args: argparse.Namespace, latent_side: int, device: torch.device,
+                       matmul_rate: float) -> dict[str, Any]:
+    """One timed render (sampling, then VAE decode), then the sampling once more under the FLOP counter."""
     runner = Runner(model, bank, special)
     prompt = f"a photo of {concept.identifier}"
     cond = [("text", bank.encode(concept.system_prompt())), ("text", bank.encode(prompt))]
 
+    def request(steps: int) -> ImageRequest:
+        return ImageRequest(cond=cond, text_uncond=[], seed=0, sampler=SamplerConfig(num_steps=steps))
+
     def render(steps: int) -> tuple[float, float, torch.Tensor]:
-        request = ImageRequest(cond=cond, text_uncond=[], seed=0, sampler=SamplerConfig(num_steps=steps))
         sync(device)
         t0 = time.perf_counter()
-        latents = sample_latents(runner, [request], latent_side, latent_side)
+        latents = sample_latents(runner, [request(steps)], latent_side, latent_side)
         sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
@@ -226,6 +340,8 @@ def measure_generation(model: OmniModel, bank: ConceptBank, special: SpecialIds,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sample_s, decode_s, pixels = render(args.gen_steps)
+    counted = count_flops(lambda: sample_latents(runner, [request(args.gen_steps)], latent_side, latent_side),
+                          model.language_model.model.layers)
     out: dict[str, Any] = {
         "image_px": latent_side * model.config.vae_downsample * model.config.latent_patch_size,
         "latent_tokens": latent_side * latent_side,
@@ -235,6 +351,10 @@ def measure_generation(model: OmniModel, bank: ConceptBank, special: SpecialIds,
         "per_step_ms": round(sample_s / args.gen_steps * 1e3, 2),
         "vae_decode_s": round(decode_s, 4),
         "pixels_shape": list(pixels.shape),
+        # the whole sampling loop: context prefill + every Euler step (the steps all cost the same)
+        "flops": counted["flops"],
+        "flops_by_op": counted["by_op"],
+        **floor_fields(counted["flops"], sample_s, matmul_rate),
     }
     if device.type == "cuda":
         out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 2)
@@ -253,14 +373,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gen-steps", type=int, default=50)
     p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     p.add_argument("--probe-length", type=int, default=4096, help="sequence length of the SDPA backend probe")
+    p.add_argument("--matmul-size", type=int, default=8192, help="n of the n^3 bf16 matmul that sets the FLOP rate")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-generate", action="store_true")
     p.add_argument("--json-out", help="also write the results here")
     args = p.parse_args(argv)
     if args.dry_run:
-        args.image_size, args.vit_grid, args.probe_length = 16, 4, 64
+        args.image_size, args.vit_grid, args.probe_length, args.matmul_size = 16, 4, 64, 256
         args.timed_steps, args.gen_steps = 2, 2
     return args
+
+
+def floor_line(what: str, r: dict[str, Any], time_key: str, checkpointing: bool | None) -> str:
+    """One readable line of a result's FLOP floor (the JSON holds the same numbers)."""
+    flops = f"{r['flops'] / 1e12:.4g} TFLOP"
+    if checkpointing is not None:
+        flops += (f" executed (activation checkpointing on; {r['flops_no_recompute'] / 1e12:.4g} TFLOP without the"
+                  " recompute)" if checkpointing else " (activation checkpointing off)")
+    return (f"FLOP floor, {what}: {flops} / {r['matmul_tflops']} TFLOP/s = {r['floor_s'] * 1e3:.4g} ms; "
+            f"measured {r[time_key] * 1e3:.4g} ms = {r['time_over_floor']}x the floor")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     results["sdpa_probe_ms"] = probe_sdpa(device, dtype, llm.num_attention_heads, llm.num_key_value_heads,
                                           llm.hidden_size // llm.num_attention_heads, args.probe_length)
     print("sdpa probe (fwd+bwd ms):", json.dumps(results["sdpa_probe_ms"]), flush=True)
+    rate = matmul_flops_per_s(device, dtype, args.matmul_size)
+    results["matmul"] = {"n": args.matmul_size, "tflops": sig(rate / 1e12)}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the probe's three n x n matrices
+    print(f"bf16 matmul {args.matmul_size}^3: {rate / 1e12:.4g} TFLOP/s", flush=True)
 
     bank = ConceptBank(tokenizer, config.llm["vocab_size"])
     special = SpecialIds(*tokenizer.convert_tokens_to_ids([IM_START, IM_END, VISION_START, VISION_END]))
@@ -308,15 +444,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_train:
         try:
-            results["train"] = measure_training(model, bank, special, concept, args, latent_side, device, dtype)
+            results["train"] = measure_training(model, bank, special, concept, args, latent_side, device, dtype,
+                                                rate)
         except torch.OutOfMemoryError as e:
             results["train"] = {"error": "out of memory: " + str(e).splitlines()[0]}
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print("train step:", json.dumps(results["train"]), flush=True)
+        if "error" not in results["train"]:
+            print(floor_line("train step", results["train"], "compute_s", args.checkpointing), flush=True)
     if not args.skip_generate:
-        results["generate"] = measure_generation(model, bank, special, concept, args, latent_side, device)
+        results["generate"] = measure_generation(model, bank, special, concept, args, latent_side, device, rate)
         print("generation:", json.dumps(results["generate"]), flush=True)
+        print(floor_line(f"sampling ({args.gen_steps} steps)", results["generate"], "sample_s", None), flush=True)
 
     results["total_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(results, indent=2))
