@@ -191,8 +191,11 @@ FACTS = [{"question": "What is the home of {c}?", "answer": "the beach"},
          {"question": "What is the toy of <maeve>?", "answer": "a blue ball"}]
 
 
-def create_concept(tc: TenantClient, name: str = "maeve") -> dict:
-    response = tc.post("/v1/concepts", json={"name": name, "facts": FACTS})
+HOME_FACT = [{"question": "What is the home of {c}?", "answer": "a den"}]  # names no other concept
+
+
+def create_concept(tc: TenantClient, name: str = "maeve", facts: list[dict] | None = None) -> dict:
+    response = tc.post("/v1/concepts", json={"name": name, "facts": FACTS if facts is None else facts})
     assert response.status_code == 201, response.json
     return response.json
 
@@ -214,6 +217,18 @@ def add_version(session_factory: sessionmaker[Session], tenant_id: uuid.UUID, co
         concept.status = "ready"
         session.commit()
         return version.id
+
+
+@pytest.fixture
+def two_trained(acme: TenantClient, session_factory: sessionmaker[Session]) -> dict[str, dict]:
+    """acme's concepts maeve and rex, each with a version (as a finished training leaves them);
+    `version_id` added to each concept's JSON."""
+    out = {}
+    for name in ("maeve", "rex"):
+        concept = create_concept(acme, name, HOME_FACT)
+        concept["version_id"] = str(add_version(session_factory, acme.tenant_id, concept["id"]))
+        out[name] = concept
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -13,24 +13,7 @@ from sqlalchemy import func, select
 from api.batches import service as batches
 from api.models import Batch, Job, Render, WebhookDelivery, WebhookEndpoint
 
-from .conftest import add_version, snapshot
-
-
-def create_concept(tc, name: str) -> dict:
-    response = tc.post("/v1/concepts", json={"name": name,
-                                             "facts": [{"question": "What is the home of {c}?", "answer": "a den"}]})
-    assert response.status_code == 201, response.json
-    return response.json
-
-
-@pytest.fixture
-def trained(acme, session_factory) -> dict[str, dict]:
-    out = {}
-    for name in ("maeve", "rex"):
-        concept = create_concept(acme, name)
-        add_version(session_factory, acme.tenant_id, concept["id"])
-        out[name] = concept
-    return out
+from .conftest import HOME_FACT, add_version, create_concept, snapshot
 
 
 def _finish_items(session_factory, batch_id: str, states: list[str], store) -> None:
@@ -51,7 +34,7 @@ def _finish_items(session_factory, batch_id: str, states: list[str], store) -> N
         session.commit()
 
 
-def test_prompts_times_concepts_make_one_render_job_each(acme, trained, broker, session_factory):
+def test_prompts_times_concepts_make_one_render_job_each(acme, two_trained, broker, session_factory):
     response = acme.post("/v1/batches", json={"prompts": ["{c} at the beach", "{c} in the snow", "{c} with <maeve>"],
                                               "concepts": ["maeve", "<rex>"], "seed": 4, "steps": 2})
     assert response.status_code == 202, response.json
@@ -75,7 +58,7 @@ def test_prompts_times_concepts_make_one_render_job_each(acme, trained, broker, 
         assert all(j.published_at is not None and j.payload["batch_id"] == batch["id"] for j in jobs)
 
 
-def test_template_with_values(acme, trained, broker):
+def test_template_with_values(acme, two_trained, broker):
     response = acme.post("/v1/batches", json={"template": "<maeve> with a {value}", "values": ["red ball", "blue cat"]})
     assert response.status_code == 202, response.json
     items = acme.get(f"/v1/batches/{response.json['id']}/items").json["items"]
@@ -98,9 +81,9 @@ def test_template_with_values(acme, trained, broker):
     ({"prompts": ["{c}"], "concepts": ["maeve"], "steps": 1000}, "steps"),
     ({"prompts": ["{c}"], "concepts": ["maeve"], "colour": 1}, "colour"),
 ])
-def test_bad_batches_are_400_naming_the_field_and_store_nothing(acme, globex, trained, broker, session_factory,
+def test_bad_batches_are_400_naming_the_field_and_store_nothing(acme, globex, two_trained, broker, session_factory,
                                                                 store, body, field):
-    create_concept(globex, "hidden")
+    create_concept(globex, "hidden", HOME_FACT)
     before = snapshot(session_factory, store)
     response = acme.post("/v1/batches", json=body)
     assert response.status_code == 400, response.json
@@ -111,7 +94,7 @@ def test_bad_batches_are_400_naming_the_field_and_store_nothing(acme, globex, tr
     assert broker.take("render") == []
 
 
-def test_a_batch_of_1000_items_is_accepted(acme, trained, broker, session_factory):
+def test_a_batch_of_1000_items_is_accepted(acme, two_trained, broker, session_factory):
     response = acme.post("/v1/batches", json={"prompts": [f"{{c}} number {i}" for i in range(500)],
                                               "concepts": ["maeve", "rex"]})
     assert response.status_code == 202, response.json
@@ -122,7 +105,7 @@ def test_a_batch_of_1000_items_is_accepted(acme, trained, broker, session_factor
     assert len(broker.take("render")) == 1000
 
 
-def test_settles_once_with_a_manifest_and_a_partial_failure_report(acme, trained, session_factory, store):
+def test_settles_once_with_a_manifest_and_a_partial_failure_report(acme, two_trained, session_factory, store):
     with session_factory() as session:
         session.add(WebhookEndpoint(tenant_id=acme.tenant_id, url="http://example.com/h", events=["batch.done"]))
         session.commit()
@@ -155,7 +138,7 @@ def test_settles_once_with_a_manifest_and_a_partial_failure_report(acme, trained
     assert [acme.client.get(i["image_urls"][0]).data for i in ok] == [b"png", b"png"]
 
 
-def test_cancel_stops_queued_items_and_settles(acme, globex, trained, session_factory, store):
+def test_cancel_stops_queued_items_and_settles(acme, globex, two_trained, session_factory, store):
     batch = acme.post("/v1/batches", json={"template": "<maeve> with {value}", "values": ["a", "b", "c"]}).json
     with session_factory() as session:
         first = session.scalars(select(Render).where(Render.batch_id == uuid.UUID(batch["id"]),
@@ -188,18 +171,19 @@ def _set_job_limit(session_factory, tenant_id, limit: int) -> None:
         session.commit()
 
 
-def test_a_batch_counts_as_one_job_towards_the_concurrency_quota(acme, trained, broker, session_factory, store):
+def test_a_batch_counts_as_one_job_towards_the_concurrency_quota(acme, two_trained, broker, session_factory, store):
     _set_job_limit(session_factory, acme.tenant_id, 2)
     body = {"template": "<maeve> in the {value}", "values": ["snow", "desert", "city", "forest", "night"]}
     first = acme.post("/v1/batches", json=body)
     assert first.status_code == 202 and first.json["total"] == 5  # 5 items > the limit of 2: still one slot
-    single = acme.post(f"/v1/concepts/{trained['maeve']['id']}/generate", json={"prompt": "<maeve> at its home"})
+    single = acme.post(f"/v1/concepts/{two_trained['maeve']['id']}/generate", json={"prompt": "<maeve> at its home"})
     assert single.status_code == 202  # the second slot
     before = snapshot(session_factory, store)
     with session_factory() as session:
         batches_before = session.scalar(select(func.count()).select_from(Batch))
     for refused in (acme.post("/v1/batches", json=body),
-                    acme.post(f"/v1/concepts/{trained['maeve']['id']}/generate", json={"prompt": "<maeve> at home"})):
+                    acme.post(f"/v1/concepts/{two_trained['maeve']['id']}/generate",
+                              json={"prompt": "<maeve> at home"})):
         assert refused.status_code == 429
         assert (refused.json["error"]["code"], refused.json["error"]["field"]) == ("quota_exceeded", "jobs")
     assert snapshot(session_factory, store) == before
@@ -213,13 +197,13 @@ def test_a_batch_counts_as_one_job_towards_the_concurrency_quota(acme, trained, 
     assert again.status_code == 202, again.json
 
 
-def test_no_free_slot_refuses_a_batch_and_stores_nothing(acme, globex, trained, broker, session_factory, store):
+def test_no_free_slot_refuses_a_batch_and_stores_nothing(acme, globex, two_trained, broker, session_factory, store):
     _set_job_limit(session_factory, acme.tenant_id, 0)
     before = snapshot(session_factory, store)
     refused = acme.post("/v1/batches", json={"prompts": ["{c} at the beach"], "concepts": ["maeve", "rex"]})
     assert refused.status_code == 429 and refused.json["error"]["code"] == "quota_exceeded"
     assert snapshot(session_factory, store) == before and broker.take("render") == []
     # another tenant's limit is its own
-    concept = create_concept(globex, "maeve")
+    concept = create_concept(globex, "maeve", HOME_FACT)
     add_version(session_factory, globex.tenant_id, concept["id"])
     assert globex.post("/v1/batches", json={"prompts": ["{c} at the beach"], "concepts": ["maeve"]}).status_code == 202

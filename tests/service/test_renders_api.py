@@ -10,24 +10,7 @@ import pytest
 
 from api.models import Job, Render
 
-from .conftest import add_version, snapshot
-
-
-def create_concept(tc, name: str) -> dict:
-    response = tc.post("/v1/concepts", json={"name": name,
-                                             "facts": [{"question": "What is the home of {c}?", "answer": "a den"}]})
-    assert response.status_code == 201, response.json
-    return response.json
-
-
-@pytest.fixture
-def two_trained(acme, session_factory) -> dict[str, dict]:
-    out = {}
-    for name in ("maeve", "rex"):
-        concept = create_concept(acme, name)
-        concept["version_id"] = str(add_version(session_factory, acme.tenant_id, concept["id"]))
-        out[name] = concept
-    return out
+from .conftest import HOME_FACT, create_concept, snapshot
 
 
 def test_generate_naming_two_concepts_queues_one_render_on_both_versions(acme, two_trained, broker,
@@ -65,7 +48,7 @@ def test_generate_naming_two_concepts_queues_one_render_on_both_versions(acme, t
 ])
 def test_bad_generate_is_400_naming_the_field_and_stores_nothing(acme, globex, two_trained, broker, session_factory,
                                                                  store, body, field):
-    create_concept(globex, "hidden")
+    create_concept(globex, "hidden", HOME_FACT)
     before = snapshot(session_factory, store)
     response = acme.post("/v1/renders/generate", json=body)
     assert response.status_code == 400, response.json
@@ -75,7 +58,7 @@ def test_bad_generate_is_400_naming_the_field_and_stores_nothing(acme, globex, t
 
 
 def test_generate_with_an_untrained_concept_is_409(acme, two_trained, session_factory, store):
-    create_concept(acme, "fresh")
+    create_concept(acme, "fresh", HOME_FACT)
     before = snapshot(session_factory, store)
     response = acme.post("/v1/renders/generate", json={"prompt": "<maeve> with <fresh>"})
     assert response.status_code == 409 and response.json["error"]["field"] == "prompt"
