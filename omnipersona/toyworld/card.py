@@ -46,7 +46,7 @@ def model_card(folder: str | Path) -> str:
     ]
     if runs[0].get("vit_seconds"):
         vit = ", ".join(f"{k} {_fmt(v)}" for k, v in pre.get("final_vit_scores", {}).items())
-        lines.append(f"- stage 1b (ViT reads each patch: object, shape, colour, pattern, size, place): "
+        lines.append(f"- stage 1b (ViT reads each patch: object, shape, colour, pattern, size, position, place): "
                      f"{first['vit_steps']} steps, batch {first['vit_batch']}, lr {first['vit_lr']}, "
                      f"{runs[0]['vit_seconds'] / 60:.1f} min; final patch accuracies {vit}")
     for i, run in enumerate(runs):
