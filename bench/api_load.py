@@ -262,8 +262,7 @@ class Client:
         head, _, rest = self.buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
-        headers = dict(line.split(b":", 1) for line in lines[1:])
-        headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines[1:])}
         if b"content-length" not in headers:  # every API answer has one; anything else is a failure
             raise ValueError(f"response without Content-Length (status {status})")
         length = int(headers[b"content-length"])

@@ -3,9 +3,9 @@
 Stage 1 trains the small VAE (reconstruction + a light KL) on rendered scenes and sets the latent
 shift/scale so that latents are about unit variance. Stage 1b pretrains the ViT (and connector)
 to read every patch densely: which object covers it and that object's shape, colour, pattern,
-size and position, and the place. BAGEL starts from a pretrained SigLIP; trained only through the LLM's answers
-our ViT never learned shape or marking (VQA on a lone object stayed at chance for 14,500 steps),
-while this dense signal teaches it in minutes. Stage 2 freezes the VAE and trains every other
+size and position, and the place. BAGEL starts from a pretrained SigLIP; trained only through the
+LLM's answers our ViT never learned shape or marking (VQA on a lone object stayed at chance for
+14,500 steps), while this dense signal teaches it in minutes. Stage 2 freezes the VAE and trains every other
 weight of the MoT on a mix of world tasks, drawn fresh every step:
 
 - caption / vqa: ViT(image) + question -> answer (understanding expert, CE);
