@@ -1,12 +1,17 @@
-"""What the bench scripts share: their common options (`--backbone`, `--threads`) and the one way
+"""What the bench scripts share: their common options (`--backbone`, `--threads`), the one way
 they print results, a markdown table with a target and an ok column, and an exit status that says
-whether every target was met."""
+whether every target was met, and the one way they count FLOPs (`count_flops`, which also counts
+attention on the CPU)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 Row = tuple[str, str, str, bool]  # (measure, value, target, ok)
 
@@ -36,3 +41,50 @@ def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+# FlopCounterMode has no formula for the CPU flash-attention kernels, which the model's SDPA call
+# (bool mask + enable_gqa) dispatches to on the CPU: without these a count on the CPU (gpu_step.py
+# --dry-run, train_speed.py) would leave attention out. The CUDA kernels (efficient, flash, cuDNN)
+# are counted by torch itself.
+def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flops,
+}
+
+
+def count_flops(fn: Callable[[], Any], layers: nn.ModuleList | None = None) -> dict[str, Any]:
+    """FLOPs that `fn()` executes (matmuls and attention; elementwise work is not counted), the part
+    of them in the forward calls of `layers` (0 without them), and the total per aten op.
+
+    The layer part is read from forward hooks, which fire only when a layer module is called: the
+    recompute of a checkpointed layer calls its bound `forward` directly (see gpu_step.py
+    `activation_checkpointing`), so the layer part is the forward pass alone, i.e. exactly what
+    checkpointing executes a second time."""
+    in_layers = 0
+    starts: dict[nn.Module, int] = {}
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        def before(layer: nn.Module, args: Any) -> None:
+            starts[layer] = counter.get_total_flops()
+
+        def after(layer: nn.Module, args: Any, output: Any) -> None:
+            nonlocal in_layers
+            in_layers += counter.get_total_flops() - starts.pop(layer)
+
+        handles = [h for layer in (layers or ())
+                   for h in (layer.register_forward_pre_hook(before), layer.register_forward_hook(after))]
+        try:
+            fn()
+        finally:
+            for h in handles:
+                h.remove()
+    by_op = {str(op): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return {"flops": counter.get_total_flops(), "layer_forward_flops": in_layers, "by_op": by_op}

@@ -40,14 +40,12 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from bench_common import CPU_ATTENTION_FLOPS, count_flops  # noqa: F401 (CPU_ATTENTION_FLOPS: re-exported)
 from torch.utils.checkpoint import checkpoint
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from omnipersona.config import OmniConfig, bagel_7b_mot_config, tiny_config
 from omnipersona.data import EncodedImages, Sample, pack_samples
@@ -104,52 +102,6 @@ def activation_checkpointing(model: OmniModel, enabled: bool):
 
 
 # -- FLOPs ----------------------------------------------------------------------------------------
-# FlopCounterMode has no formula for the CPU flash-attention kernels, which the model's SDPA call
-# (bool mask + enable_gqa) dispatches to on the CPU: without these the --dry-run count would leave
-# attention out. The CUDA kernels (efficient, flash, cuDNN) are counted by torch itself.
-def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query, key, value)
-
-
-def _cpu_flash_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-CPU_ATTENTION_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flops,
-}
-
-
-def count_flops(fn: Callable[[], Any], layers: nn.ModuleList) -> dict[str, Any]:
-    """FLOPs that `fn()` executes (matmuls and attention; elementwise work is not counted), the part
-    of them in the forward calls of `layers`, and the total per aten op.
-
-    The layer part is read from forward hooks, which fire only when a layer module is called: the
-    recompute of a checkpointed layer calls its bound `forward` directly (see
-    `activation_checkpointing`), so the layer part is the forward pass alone, i.e. exactly what
-    checkpointing executes a second time."""
-    in_layers = 0
-    starts: dict[nn.Module, int] = {}
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
-        def before(layer: nn.Module, args: Any) -> None:
-            starts[layer] = counter.get_total_flops()
-
-        def after(layer: nn.Module, args: Any, output: Any) -> None:
-            nonlocal in_layers
-            in_layers += counter.get_total_flops() - starts.pop(layer)
-
-        handles = [h for layer in layers
-                   for h in (layer.register_forward_pre_hook(before), layer.register_forward_hook(after))]
-        try:
-            fn()
-        finally:
-            for h in handles:
-                h.remove()
-    by_op = {str(op): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    return {"flops": counter.get_total_flops(), "layer_forward_flops": in_layers, "by_op": by_op}
-
-
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int, samples: int = 5,
                        per_sample: int = 10) -> float:
     """Measured FLOP/s of an n x n x n matmul in `dtype`: the median of `samples` timings of

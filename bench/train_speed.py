@@ -8,7 +8,8 @@ Measures, in one run on this machine:
   does) against re-encoding the batch's images every step (ViT + VAE), target >= 3x;
 - that the backward pass leaves every backbone weight without a gradient, and the FLOPs of the
   step (forward + backward into the concept rows) against a full fine-tune's (backward into
-  every backbone weight too), counted by `torch.utils.flop_counter`.
+  every backbone weight too), counted by `torch.utils.flop_counter` (attention included: see
+  `bench_common.count_flops`).
 Prints a table; exits 1 if a target is missed.
 """
 
@@ -19,8 +20,7 @@ import sys
 import time
 
 import torch
-from bench_common import bench_parser, parse, print_table
-from torch.utils.flop_counter import FlopCounterMode
+from bench_common import bench_parser, count_flops, parse, print_table
 
 from omnipersona.backbone import load_backbone
 from omnipersona.cli import load_image_folder, read_facts
@@ -76,15 +76,17 @@ def step_flops(backbone, data: ConceptData, recipe: TrainRecipe, full_finetune: 
         p.requires_grad_(full_finetune)
         p.grad = None
     try:
-        with FlopCounterMode(display=False) as counter:
+        def forward_backward() -> None:
             loss, _ = joint_loss(model, seq, bank.embedding_rows(), bank.head_rows(), recipe.loss_weights)
             loss.backward()
+
+        flops = count_flops(forward_backward)["flops"]
         touched = any(p.grad is not None for p in weights)
     finally:
         for p in weights:
             p.requires_grad_(False)
             p.grad = None
-    return counter.get_total_flops(), touched
+    return flops, touched
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_step.py"
 
 @pytest.fixture(scope="module")
 def gpu_step():
+    if str(SCRIPT.parent) not in sys.path:  # the script imports bench/bench_common.py, as when run from bench/
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -44,7 +47,7 @@ def test_dry_run_reports_the_flop_floor(results, part, time_key):
     rate = r["matmul_tflops"] * 1e12
     assert r["matmul_tflops"] == results["matmul"]["tflops"] > 0
     assert r["flops"] > 0
-    # attention is counted (on the CPU through the script's own formulas for the CPU kernels)
+    # attention is counted (on the CPU through bench_common's formulas for the CPU kernels)
     assert any("attention" in op for op in r["flops_by_op"])
     assert sum(r["flops_by_op"].values()) == r["flops"]
     assert r["floor_s"] == pytest.approx(r["flops"] / rate, rel=1e-3)
