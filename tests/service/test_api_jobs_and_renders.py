@@ -132,3 +132,26 @@ def test_render_image_is_served_once_stored(acme, trained, session_factory, stor
     assert acme.get(f"/v1/renders/{render['id']}").json["image_url"] == f"/v1/renders/{render['id']}/image"
     image = acme.get(f"/v1/renders/{render['id']}/image")
     assert image.status_code == 200 and image.mimetype == "image/png" and image.data == png_bytes((1, 2, 3))
+
+
+def test_a_status_read_costs_four_statements(acme, trained, pg_engine):
+    """The hot path the load benchmark measures (docs/reliability.md, Load): auth, the job, the
+    queue's recent durations and the queue counts. A fifth statement here is a regression that
+    costs about a quarter of the status reads a server can answer."""
+    from sqlalchemy import event
+
+    job_id = acme.post(f"/v1/concepts/{trained['id']}/generate", json={"prompt": "<maeve>"}).json["job_id"]
+    assert acme.get(f"/v1/jobs/{job_id}").status_code == 200  # the key's last-use stamp is written once a minute
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK")):
+            statements.append(statement)
+
+    event.listen(pg_engine, "before_cursor_execute", record)
+    try:
+        got = acme.get(f"/v1/jobs/{job_id}")
+    finally:
+        event.remove(pg_engine, "before_cursor_execute", record)
+    assert got.status_code == 200 and got.json["state"] == "queued" and got.json["queue_position"]["position"] == 1
+    assert len(statements) == 4, statements
