@@ -1,24 +1,17 @@
 """bench/api_load.py's hand-rolled HTTP/1.1 client against a real loopback server: the load figures
 are only as good as its reading of status codes and bodies on a kept-alive connection."""
 
-import importlib.util
 import json
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "api_load.py"
+from .conftest import load_bench_script
 
 
 def _load_module():
-    spec = importlib.util.spec_from_file_location("api_load", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["api_load"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("api_load")
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,8 +1,6 @@
 """bench/gpu_step.py's code path, on the tiny config on the CPU (the real run needs a GPU)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,17 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_step.py"
+from .conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def gpu_step():
-    if str(SCRIPT.parent) not in sys.path:  # the script imports bench/bench_common.py, as when run from bench/
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("gpu_step")
 
 
 def dry_run(gpu_step, tmp_path: Path, *flags: str) -> dict:

@@ -1,24 +1,15 @@
 """bench/train_speed.py's FLOP count of a training step, on the tiny backbone on the CPU."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from omnipersona.trainer import TrainRecipe
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_speed.py"
+from .conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def train_speed():
-    if str(SCRIPT.parent) not in sys.path:  # the script imports bench/bench_common.py, as when run from bench/
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("train_speed")
 
 
 @pytest.mark.parametrize("full_finetune", [False, True])
