@@ -4,7 +4,7 @@ authenticated principal, the JSON body."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app, g, request
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .auth import Principal
 from .errors import ApiError
+from .jobs.service import QueueStats
 from .queue import Publisher
 from .settings import Settings
 from .storage import ObjectStore
@@ -25,6 +26,7 @@ class Services:
     session_factory: sessionmaker[Session]
     store: ObjectStore
     publisher: Publisher
+    queue_stats: QueueStats = field(default_factory=QueueStats)  # status reads' ETA inputs
 
 
 def services() -> Services:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -291,18 +292,40 @@ _RUNNING = select(Job.payload, Job.progress).where(_IS_RUNNING)
 _AHEAD_PAYLOADS = select(Job.payload).where(*_AHEAD)
 
 
-def queue_position(session: Session, job: Job, recent: int = 20) -> dict[str, Any] | None:
+class QueueStats:
+    """The durations of each queue's last finished jobs, reused for `ttl` seconds (one per app).
+    They change when a job finishes, not at the rate clients poll a status: a poll within `ttl`
+    skips their query, a round trip in four, and an ETA is an estimate either way."""
+
+    def __init__(self, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.ttl, self.clock = ttl, clock
+        self._cache: dict[tuple[str, int], tuple[float, list[tuple[float, int]]]] = {}
+
+    def durations(self, session: Session, queue: str, recent: int) -> list[tuple[float, int]]:
+        """(seconds, steps) of the queue's last `recent` succeeded jobs, newest first."""
+        now = self.clock()
+        cached = self._cache.get((queue, recent))
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        finished = session.execute(_RECENT_FINISHED, {"queue": queue, "recent": recent}).all()
+        durations = [((f - s).total_seconds(), int(p.get("steps") or 0)) for s, f, p in finished]
+        self._cache[(queue, recent)] = (now, durations)  # one assignment: safe across request threads
+        return durations
+
+
+def queue_position(session: Session, job: Job, recent: int = 20,
+                   stats: QueueStats | None = None) -> dict[str, Any] | None:
     """Where a queued job stands: jobs queued before it in the same queue, jobs running there,
     and an ETA until it starts. Durations come from the queue's last `recent` finished jobs; for
     training, per step (so a long job ahead counts for more). Parallelism is taken to be the number
-    of jobs running now (at least one): the API cannot see the workers."""
+    of jobs running now (at least one): the API cannot see the workers. `stats` caches the
+    durations (the app's, in a request); without it they are read fresh."""
     if job.state != "queued":
         return None
     # Jobs ahead are counted in the database, not loaded: a status read must not grow with the
     # queue (only a training ETA reads their step counts). Running jobs are few (one per worker).
     params = {"queue": job.queue, "job_id": job.id, "created_at": job.created_at}
-    finished = session.execute(_RECENT_FINISHED, {"queue": job.queue, "recent": recent}).all()
-    durations = [((f - s).total_seconds(), int(p.get("steps") or 0)) for s, f, p in finished]
+    durations = (stats or QueueStats(ttl=0.0)).durations(session, job.queue, recent)
     if not durations:  # no ETA to make: both counts in one round trip
         ahead, running_count = session.execute(_COUNT_AHEAD_AND_RUNNING, params).one()
         return {"position": ahead + 1, "ahead": ahead, "running": running_count, "eta_seconds": None}

@@ -54,7 +54,7 @@ def _expires_in() -> int:
 
 
 def _full(job: Job) -> dict[str, Any]:
-    return job_dict(job) | {"queue_position": service.queue_position(session(), job)}
+    return job_dict(job) | {"queue_position": service.queue_position(session(), job, stats=services().queue_stats)}
 
 
 @bp.get("/<job_id>")

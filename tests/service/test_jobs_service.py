@@ -121,3 +121,27 @@ def test_one_unfinished_training_job_per_concept(acme, session_factory):
         render = jobs.create_job(session, acme.tenant_id, "render", concept.id, {})
         session.commit()  # render jobs are not limited
         assert render.state == "queued"
+
+
+def test_queue_stats_reuse_durations_until_they_expire(acme, session_factory):
+    now = utcnow()
+    clock = [100.0]
+    stats = jobs.QueueStats(ttl=5.0, clock=lambda: clock[0])
+
+    def finish(seconds: int, steps: int) -> None:
+        with session_factory() as session:
+            session.add(Job(tenant_id=acme.tenant_id, kind="train", queue="train", state="succeeded",
+                            payload={"steps": steps}, started_at=now - timedelta(seconds=seconds),
+                            finished_at=now))
+            session.commit()
+
+    finish(50, 100)
+    with session_factory() as session:
+        assert stats.durations(session, "train", 20) == [(50.0, 100)]
+        finish(150, 300)
+        clock[0] += 4.9  # within the ttl: the first reading, not the new job
+        assert stats.durations(session, "train", 20) == [(50.0, 100)]
+        assert jobs.QueueStats(ttl=0.0).durations(session, "train", 20) != [(50.0, 100)]  # fresh reads see it
+        clock[0] += 0.2
+        assert sorted(stats.durations(session, "train", 20)) == [(50.0, 100), (150.0, 300)]
+        assert stats.durations(session, "render", 20) == []  # per queue
