@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_common import CPU_ATTENTION_FLOPS, count_flops  # noqa: F401 (CPU_ATTENTION_FLOPS: re-exported)
+from bench_common import count_flops
 from torch.utils.checkpoint import checkpoint
 
 from omnipersona.config import OmniConfig, bagel_7b_mot_config, tiny_config
