@@ -50,16 +50,17 @@ def routed(
         return f_und(x)
     if index.und.numel() == 0:
         return f_gen(x)
-    y_und = f_und(x[index.und])
-    y_gen = f_gen(x[index.gen])
+    y_und = f_und(x.index_select(0, index.und))
+    y_gen = f_gen(x.index_select(0, index.gen))
     out = y_und.new_empty((index.length, *y_und.shape[1:]))
-    out[index.und] = y_und
-    out[index.gen] = y_gen
+    out.index_copy_(0, index.und, y_und)
+    out.index_copy_(0, index.gen, y_gen)
     return out
 
 
 class LayerCache:
-    """Keys and values (after RoPE) of earlier tokens for one layer: [1, n_kv, L_past, head_dim]."""
+    """Keys and values (after RoPE) of earlier tokens for one layer: [1, n_kv, L_past, head_dim]
+    packed, or [B, n_kv, P, head_dim] per sample (padded to the longest; see `MoTAttention`)."""
 
     def __init__(self, key: torch.Tensor, value: torch.Tensor):
         self.key = key
@@ -95,9 +96,13 @@ class MoTAttention(nn.Module):
         x: torch.Tensor,  # [L, H], already normed per expert
         index: ExpertIndex,
         rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: [1, L, head_dim]
-        attn_mask: torch.Tensor,  # [L, L_past + L] bool, True = may attend
+        attn_mask: torch.Tensor,  # [L, L_past + L] or [B, L // B, P + L // B] bool, True = may attend
         past: LayerCache | None = None,
     ) -> tuple[torch.Tensor, LayerCache]:
+        """A 2-D mask attends over the packed sequence. A 3-D mask says the L queries are B samples
+        of L // B tokens each, in order, and `past` holds each sample's own keys (padded to P):
+        attention then runs per sample, [n, P + n] each, instead of [L, L_past + L] with most of
+        it masked off (a batch of flow steps: B times less attention work)."""
         L = x.shape[0]
         q = routed(x, index, self.q_proj, self.q_proj_moe_gen).view(L, self.num_heads, self.head_dim)
         k = routed(x, index, self.k_proj, self.k_proj_moe_gen).view(L, self.num_kv_heads, self.head_dim)
@@ -109,11 +114,17 @@ class MoTAttention(nn.Module):
         cos, sin = rope
         q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
         current = LayerCache(k, v)
+        if attn_mask.dim() == 3:  # per sample: [1, heads, L, hd] -> [B, heads, n, hd]
+            B = attn_mask.shape[0]
+            q, k, v = (t[0].view(t.shape[1], B, L // B, self.head_dim).transpose(0, 1) for t in (q, k, v))
+            mask = attn_mask[:, None]
+        else:
+            mask = attn_mask[None, None]
         if past is not None:
             k = torch.cat([past.key, k], dim=2)
             v = torch.cat([past.value, v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[None, None], enable_gqa=True)
-        out = out.squeeze(0).transpose(0, 1).reshape(L, self.num_heads * self.head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        out = out.transpose(1, 2).reshape(L, self.num_heads * self.head_dim)  # samples back in order
         return routed(out, index, self.o_proj, self.o_proj_moe_gen), current
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .flow import inference_timesteps
+from .layers import LayerCache
 from .model import KVCache, OmniModel
 from .sequence import SequenceBuilder, SpecialIds
 from .tokens import ConceptBank
@@ -47,11 +48,46 @@ class KVContext:
         """[L_q, L_past + L_q]: a query sees its own sample's cached context, then `query_mask`."""
         return torch.cat([query_sample[:, None] == self.sample_id[None, :], query_mask], dim=1)
 
+    def per_sample(self, num_samples: int) -> PerSampleContext:
+        """The same cache regrouped per sample for flow steps (`PerSampleContext`); a sample may
+        have no cached context (an unconditional branch)."""
+        counts = torch.bincount(self.sample_id, minlength=num_samples)
+        P = int(counts.max())
+        # [S, P] position of each sample's j-th cached token (padding points at position 0)
+        order = torch.argsort(self.sample_id, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        j = torch.arange(P, device=counts.device)
+        valid = j[None, :] < counts[:, None]
+        gather = order[torch.where(valid, starts[:, None] + j[None, :], 0)]
+        cache = [LayerCache(c.key[0][:, gather].transpose(0, 1), c.value[0][:, gather].transpose(0, 1))
+                 for c in self.cache]  # [S, n_kv, P, hd]
+        return PerSampleContext(cache, valid)
+
     def extend(self, new: KVCache, sample_id: torch.Tensor) -> None:
         for old, cur in zip(self.cache, new, strict=True):
             old.key = torch.cat([old.key, cur.key], dim=2)
             old.value = torch.cat([old.value, cur.value], dim=2)
         self.sample_id = torch.cat([self.sample_id, sample_id])
+
+
+class PerSampleContext:
+    """Cached contexts padded per sample, [S, n_kv, P, hd] per layer, for queries that come as S
+    equal-length samples in the cache's order (a flow step: one latent block per branch). The
+    step's attention then runs per sample instead of over the whole packed batch."""
+
+    def __init__(self, cache: KVCache, valid: torch.Tensor):
+        self.cache = cache
+        self.valid = valid  # [S, P] bool: real cached positions
+
+    def mask(self, query_sample: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """[S, n, P + n] from the step's packed [L, L] mask (its per-sample diagonal blocks)."""
+        S, L = self.valid.shape[0], query_mask.shape[0]
+        n = L // S
+        expected = torch.arange(S, device=query_sample.device).repeat_interleave(n)
+        if n * S != L or not torch.equal(query_sample, expected):
+            raise ValueError("per-sample attention needs the same number of queries per sample, in cache order")
+        own = query_mask.view(S, n, S, n).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [S, n, n]
+        return torch.cat([self.valid[:, None, :].expand(S, n, -1), own], dim=2)
 
 
 class Runner:
@@ -64,7 +100,7 @@ class Runner:
         cfg = self.model.config
         return SequenceBuilder(self.special, cfg.hidden_size, cfg.latent_token_dim, self.bank.gen_token_ids())
 
-    def run(self, seq, past: KVContext | None = None):
+    def run(self, seq, past: KVContext | PerSampleContext | None = None):
         rows, mask = self.bank.embedding_rows(), None
         if past is not None:
             mask = past.mask(seq.sample_id, seq.attn_mask)
@@ -192,6 +228,7 @@ def sample_latents(runner: Runner, requests: list[ImageRequest], rows: int, cols
         torch.randn(rows * cols, D, generator=torch.Generator().manual_seed(req.seed)) for req in requests
     ]).to(model.llm2vae.weight.device)
     past, positions = runner.prefill(contexts) if use_cache else (None, None)
+    per_sample = past.per_sample(len(contexts)) if past is not None else None  # each step: B small attentions
     ts = inference_timesteps(num_steps, shift)
     for i in range(num_steps):
         t, t_next = float(ts[i]), float(ts[i + 1])
@@ -205,7 +242,7 @@ def sample_latents(runner: Runner, requests: list[ImageRequest], rows: int, cols
                 add_blocks(b, contexts[k])
             lat_index.append(b.add_latent(x[r], pos, t=t, noised=True))
         seq = b.build()
-        hidden, _ = runner.run(seq, past)
+        hidden, _ = runner.run(seq, per_sample)
         index = torch.tensor(lat_index, device=hidden.device).reshape(-1)
         v_all = model.velocity(hidden[index]).reshape(len(branches), -1, D)
         per_req: dict[int, dict[int, torch.Tensor]] = {}

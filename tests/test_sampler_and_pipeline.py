@@ -69,6 +69,32 @@ def test_batch_of_different_concepts_equals_sequential(pipe):
     assert [r.image.size for r in together] == [(16, 16)] * 2
 
 
+def test_per_sample_attention_equals_packed_attention(pipe):
+    """A flow step attends per sample over padded caches ([n, P + n] each) instead of over the
+    packed batch: same hidden states, for contexts of different lengths and an empty one."""
+    side = pipe._latent_grid()
+    contexts = [pipe._system_blocks("<sks>") + [pipe._text("a photo of <sks> at the beach today")],
+                [], [pipe._text("<bo>")]]
+    past, positions = pipe.runner.prefill(contexts)
+    per_sample = past.per_sample(len(contexts))
+    assert per_sample.valid.sum(1).tolist() == [int((past.sample_id == i).sum()) for i in range(3)]
+    assert per_sample.valid.sum(1)[1] == 0
+    g = torch.Generator().manual_seed(0)
+    D = pipe.backbone.config.latent_token_dim
+    b = pipe.runner.builder()
+    for i in range(3):
+        b.start_sample(positions[i])
+        b.add_latent(torch.randn(side * side, D, generator=g), pipe.model.latent_position_ids(side, side),
+                     t=0.5, noised=True)
+    seq = b.build()
+    packed, _ = pipe.runner.run(seq, past)
+    grouped, _ = pipe.runner.run(seq, per_sample)
+    assert grouped.shape == packed.shape
+    assert (grouped - packed).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="same number of queries per sample"):
+        pipe.runner.run(seq, past.per_sample(4))
+
+
 def test_greedy_decoding_with_cache_matches_full_recompute(pipe):
     ctx = pipe._system_blocks("<sks>") + [pipe._text("what is the home of <sks> ?")]
     answer = greedy_answers(pipe.runner, [ctx], max_new_tokens=5)[0]
