@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, g, has_request_context, request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .auth import Principal
@@ -27,15 +28,34 @@ class Services:
     store: ObjectStore
     publisher: Publisher
     queue_stats: QueueStats = field(default_factory=QueueStats)  # status reads' ETA inputs
+    _reads_engine: tuple[Engine, Engine] | None = field(default=None, repr=False)  # (bind, its autocommit copy)
+
+    def read_session(self) -> Session:
+        """A session for a request that only reads: on the same pool, without a transaction
+        (autocommit), so psycopg sends no BEGIN and the pool no ROLLBACK, two of a status poll's
+        round trips. A write such a request makes (a key's last use, once a minute) commits on its
+        own. A factory bound to a connection already in a transaction (test fixtures) stays in it."""
+        bind = self.session_factory.kw.get("bind")
+        if not isinstance(bind, Engine):
+            return self.session_factory()
+        if self._reads_engine is None or self._reads_engine[0] is not bind:
+            self._reads_engine = (bind, bind.execution_options(isolation_level="AUTOCOMMIT"))  # same pool
+        return self.session_factory(bind=self._reads_engine[1])
 
 
 def services() -> Services:
     return current_app.extensions[EXTENSION]
 
 
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def session() -> Session:
+    """The request's database session, opened on first use and closed when the request ends;
+    reads (`READ_ONLY_METHODS`) get `Services.read_session`."""
     if "db_session" not in g:
-        g.db_session = services().session_factory()
+        reads = has_request_context() and request.method in READ_ONLY_METHODS
+        g.db_session = services().read_session() if reads else services().session_factory()
     return g.db_session
 
 

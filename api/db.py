@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,36 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_connections_that_sat_idle(engine)
+    return engine
+
+
+# A pooled connection used within the last second is handed out as is; one that sat idle longer
+# is pinged first. SQLAlchemy's `pool_pre_ping` pings on every checkout: a round trip in seven of
+# a status poll, for connections that answered a moment ago. A server restart while the pool sat
+# idle still costs no request (the ping finds the dead connection and the pool replaces it); a
+# connection cut while in use fails that one statement, and SQLAlchemy then invalidates the whole
+# pool, so the next checkouts reconnect (workers retry such statements: `retry_on_disconnect`).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_connections_that_sat_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")  # None: connected just now
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the server went away while the connection sat in the pool
+            raise DisconnectionError(str(exc)) from exc
+        if not alive:
+            raise DisconnectionError("ping failed")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -75,8 +104,8 @@ def is_disconnect(exc: BaseException) -> bool:
 def retry_on_disconnect(session: Session, fn: Callable[[], T], *, seconds: float = DB_RETRY_SECONDS,
                         first_wait: float = 0.2, max_wait: float = 2.0) -> T:
     """Run `fn` (statements on `session`, committed inside it); while the database is unreachable,
-    roll back and run it again with growing waits, for at most `seconds`. The engine's
-    `pool_pre_ping` then hands out a live connection once the server is back. `fn` must be safe
+    roll back and run it again with growing waits, for at most `seconds`. The pool, invalidated
+    by the disconnect, hands out a new connection once the server is back. `fn` must be safe
     to repeat: a commit lost with its connection may have happened (conditional UPDATEs are)."""
     deadline = time.monotonic() + seconds
     wait = first_wait

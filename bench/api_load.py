@@ -77,10 +77,12 @@ class Processes:
                     continue
 
 
-def group_cpu_seconds(pgids: list[int]) -> float:
-    """User + system CPU seconds of every live process in these process groups (from /proc)."""
+def tree_cpu_seconds(root_pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and all their live descendants (from /proc).
+    Found by parent links, not by process group: PostgreSQL's postmaster starts a session of its
+    own, so counting our process groups left every PostgreSQL backend out."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    parent, cpu = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -88,8 +90,16 @@ def group_cpu_seconds(pgids: list[int]) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) in pgids:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
+        pid = int(entry.name)  # fields after the name: state ppid pgrp ... utime(11) stime(12)
+        parent[pid], cpu[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [p for p in root_pids if p in cpu]
+    while todo:
+        pid = todo.pop()
+        total += cpu[pid]
+        todo += children.get(pid, [])
     return total / tick
 
 
@@ -292,7 +302,7 @@ def create_render(client: Client, concept_id: str, seed: int) -> tuple[int, byte
 
 
 def run_load(port: int, key: str, concept_id: str, seconds: float, readers: int, creators: int,
-             seed_jobs: int, server_pgids: list[int]) -> tuple[dict[str, Samples], float, float]:
+             seed_jobs: int, server_pids: list[int]) -> tuple[dict[str, Samples], float, float]:
     """Per kind samples, and the CPU seconds the servers (gunicorn, PostgreSQL, Redis) and this
     client process spent during the measured window."""
     setup = Client(port, key)
@@ -343,12 +353,12 @@ def run_load(port: int, key: str, concept_id: str, seconds: float, readers: int,
     threads += [threading.Thread(target=loop, args=("job creation", readers + i)) for i in range(creators)]
     while time.monotonic() < start - 0.3:
         time.sleep(0.01)
-    servers_before, client_before = group_cpu_seconds(server_pgids), time.process_time()
+    servers_before, client_before = tree_cpu_seconds(server_pids), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return results, group_cpu_seconds(server_pgids) - servers_before, time.process_time() - client_before
+    return results, tree_cpu_seconds(server_pids) - servers_before, time.process_time() - client_before
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -373,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.seconds > 600:
         parser.error("--seconds must be in (0, 600]")
 
-    with service(args.workers, args.threads, args.logs) as (port, key, concept_id, pgids):
+    with service(args.workers, args.threads, args.logs) as (port, key, concept_id, pids):
         results, server_cpu, client_cpu = run_load(port, key, concept_id, args.seconds, args.readers,
-                                                   args.creators, args.seed_jobs, pgids)
+                                                   args.creators, args.seed_jobs, pids)
 
     print(f"API load: {args.seconds:.0f} s, gunicorn {args.workers} workers x {args.threads} threads, "
           f"{args.readers} readers + {args.creators} creators, PostgreSQL + Redis on 127.0.0.1, "

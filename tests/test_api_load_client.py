@@ -76,3 +76,28 @@ def test_client_reconnects_after_the_server_closes(server):
     assert client.call("GET", "/close")[0] == 200
     assert client.call("GET", "/v1/jobs/2")[0] == 200
     assert len(_Handler.connections) == 2
+
+
+def test_server_cpu_counts_descendants_in_sessions_of_their_own():
+    """The servers' CPU figure follows parent links: a grandchild that called setsid (as
+    PostgreSQL's postmaster does) still counts."""
+    import subprocess
+    import sys
+    import time
+
+    api_load = _load_module()
+    # the grandchild burns 0.6 CPU-seconds in a session of its own, then lingers briefly and exits
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(5)"
+    spawn = (f"import subprocess, sys, time\n"
+             f"subprocess.Popen([sys.executable, '-c', {burn!r}], start_new_session=True)\ntime.sleep(10)")
+    parent = subprocess.Popen([sys.executable, "-c", spawn])
+    try:
+        deadline = time.monotonic() + 20
+        while api_load.tree_cpu_seconds([parent.pid]) < 0.6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        own = api_load.tree_cpu_seconds([parent.pid])
+        assert 0.6 <= own < 1.5  # the grandchild's burn, plus two interpreters starting
+        assert api_load.tree_cpu_seconds([]) == 0
+    finally:
+        parent.kill()
+        parent.wait()

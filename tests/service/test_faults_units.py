@@ -152,3 +152,34 @@ def test_statements_are_retried_while_the_database_is_unreachable_and_only_then(
 
     with pytest.raises(OperationalError):
         retry_on_disconnect(session, down, seconds=0.1, first_wait=0.02)  # type: ignore[arg-type]
+
+
+def test_pool_pings_only_connections_that_sat_idle_and_replaces_dead_ones(pg_url, monkeypatch):
+    """A connection back from a request moments ago is handed out without a ping (a status poll
+    pays no extra round trip); one that sat idle is pinged, and if its server side is gone (a
+    restart, an idle timeout) the pool replaces it instead of failing the request."""
+    from sqlalchemy import text
+
+    from api import db
+
+    engine = db.make_engine(pg_url, pool_size=1, max_overflow=0)
+    pings = []
+    real_ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda conn: pings.append(1) or real_ping(conn))
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.2)
+    try:
+        with engine.connect() as conn:  # a new connection: no ping
+            first_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with engine.connect() as conn:  # back a moment ago: no ping, same connection
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == first_pid
+        assert pings == []
+        with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first_pid,))
+        import time
+
+        time.sleep(0.3)  # idle longer than the threshold: the next checkout pings, finds it dead
+        with engine.connect() as conn:
+            second_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        assert len(pings) == 1 and second_pid != first_pid
+    finally:
+        engine.dispose()
