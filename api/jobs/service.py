@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -276,18 +276,20 @@ def retry_job(session: Session, job: Job, publisher: Publisher) -> Job:
 
 # A status read runs these on every poll: built once with bind parameters, so a read costs the
 # round trips and not the construction and cache-key hashing of the same expressions again.
-_AHEAD = (Job.queue == bindparam("queue"), Job.state == "queued", Job.id != bindparam("job_id"),
-          or_(Job.created_at < bindparam("created_at"),
-              (Job.created_at == bindparam("created_at")) & (Job.id < bindparam("job_id"))))
+# Ahead: queued before this job (ties on created_at broken by id), as one row comparison so
+# the count is a range of ix_jobs_queue_state_created.
+_AHEAD = (Job.queue == bindparam("queue"), Job.state == "queued",
+          tuple_(Job.created_at, Job.id) < tuple_(bindparam("created_at"), bindparam("job_id")))
 _IS_RUNNING = (Job.queue == bindparam("queue")) & (Job.state == "running")
 _RECENT_FINISHED = (
     select(Job.started_at, Job.finished_at, Job.payload)
     .where(Job.queue == bindparam("queue"), Job.state == "succeeded", Job.started_at.is_not(None),
            Job.finished_at.is_not(None))
     .order_by(Job.finished_at.desc()).limit(bindparam("recent")))
-_COUNT_AHEAD_AND_RUNNING = select(func.count().filter(and_(*_AHEAD)), func.count().filter(_IS_RUNNING)) \
-    .select_from(Job).where(Job.queue == bindparam("queue"))
 _COUNT_AHEAD = select(func.count()).select_from(Job).where(*_AHEAD)
+# Two counts, each an index range (ix_jobs_queue_state_created), not a scan of the queue's history.
+_COUNT_AHEAD_AND_RUNNING = select(_COUNT_AHEAD.scalar_subquery(),
+                                  select(func.count()).select_from(Job).where(_IS_RUNNING).scalar_subquery())
 _RUNNING = select(Job.payload, Job.progress).where(_IS_RUNNING)
 _AHEAD_PAYLOADS = select(Job.payload).where(*_AHEAD)
 
