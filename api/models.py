@@ -173,11 +173,9 @@ class Job(Base):
         Index("uq_jobs_one_active_training", "concept_id", unique=True,
               postgresql_where=text("kind = 'train' AND state IN ('queued', 'running')"),
               sqlite_where=text("kind = 'train' AND state IN ('queued', 'running')")),
-        # A status read counts the queued jobs ahead and the running ones of its queue; a job
-        # creation counts its tenant's unfinished jobs: both read only those rows, however many
-        # finished jobs the queue or tenant has behind it.
+        # A status read counts the queued jobs ahead of it in its queue: a range of this index,
+        # however many finished jobs the queue has behind it.
         Index("ix_jobs_queue_state_created", "queue", "state", "created_at", "id"),
-        Index("ix_jobs_tenant_state", "tenant_id", "state"),
     )
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)

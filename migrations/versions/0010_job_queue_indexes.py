@@ -1,6 +1,5 @@
-"""indexes for what every status read and job creation counts: jobs by (queue, state, created_at,
-id) and by (tenant_id, state), so the counts read the queued/running rows of one queue or tenant
-instead of every job that queue or tenant ever ran
+"""index for what every status read counts: jobs by (queue, state, created_at, id), so the count
+of queued jobs ahead reads those rows instead of every job the queue ever ran
 
 Revision ID: 0010
 Revises: 0009
@@ -19,9 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_index("ix_jobs_queue_state_created", "jobs", ["queue", "state", "created_at", "id"])
-    op.create_index("ix_jobs_tenant_state", "jobs", ["tenant_id", "state"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_jobs_tenant_state", table_name="jobs")
     op.drop_index("ix_jobs_queue_state_created", table_name="jobs")
