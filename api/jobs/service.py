@@ -279,7 +279,8 @@ def retry_job(session: Session, job: Job, publisher: Publisher) -> Job:
 # Ahead: queued before this job (ties on created_at broken by id), as one row comparison so
 # the count is a range of ix_jobs_queue_state_created.
 _AHEAD = (Job.queue == bindparam("queue"), Job.state == "queued",
-          tuple_(Job.created_at, Job.id) < tuple_(bindparam("created_at"), bindparam("job_id")))
+          tuple_(Job.created_at, Job.id) < tuple_(bindparam("created_at", type_=Job.created_at.type),
+                                                  bindparam("job_id", type_=Job.id.type)))
 _IS_RUNNING = (Job.queue == bindparam("queue")) & (Job.state == "running")
 _RECENT_FINISHED = (
     select(Job.started_at, Job.finished_at, Job.payload)

@@ -145,3 +145,30 @@ def test_queue_stats_reuse_durations_until_they_expire(acme, session_factory):
         clock[0] += 0.2
         assert sorted(stats.durations(session, "train", 20)) == [(50.0, 100), (150.0, 300)]
         assert stats.durations(session, "render", 20) == []  # per queue
+
+
+def test_queue_position_on_the_embedded_sqlite_database(tmp_path):
+    """The ahead count is a row comparison on (created_at, id): its parameters must bind on
+    SQLite (the embedded default) as on PostgreSQL, with ties on created_at broken by id."""
+    from sqlalchemy.orm import Session
+
+    from api.db import make_engine
+    from api.models import Base, Tenant
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        tenant = Tenant(name="solo")
+        session.add(tenant)
+        session.flush()
+        now = utcnow()
+        queued = [Job(tenant_id=tenant.id, kind="render", queue="render", state="queued", payload={},
+                      created_at=now + timedelta(seconds=i // 2)) for i in range(4)]  # pairs share a time
+        running = Job(tenant_id=tenant.id, kind="render", queue="render", state="running", payload={})
+        session.add_all([*queued, running])
+        session.commit()
+        by_order = sorted(queued, key=lambda j: (j.created_at, j.id.hex))
+        positions = [jobs.queue_position(session, j)["position"] for j in by_order]
+        assert positions == [1, 2, 3, 4]
+        assert jobs.queue_position(session, by_order[0])["running"] == 1
+    engine.dispose()
