@@ -38,6 +38,11 @@ FINISHED_STATES = ("succeeded", "failed", "canceled")
 JOB_KINDS = ("train", "render")
 RENDER_KINDS = ("ask", "generate", "edit")
 CONCEPT_STATUSES = ("draft", "training", "ready", "failed")
+# What counts against a tenant's `max_concurrent_jobs` (usage.service): unfinished train/render jobs
+# outside batches (a running batch counts once instead). Written once, as SQL, so that the partial
+# index on jobs and the quota count say the same thing and the planner can match the two.
+QUOTA_JOB_KINDS = ("train", "render")
+QUOTA_JOBS_PREDICATE = "kind IN ('train', 'render') AND state IN ('queued', 'running') AND batch_id IS NULL"
 VERSION_SOURCES = ("trained", "stopped", "mock")  # finished, "stop and keep", the `mock` recipe
 SNAPSHOT_KINDS = ("preview", "saved")  # a sample image at a checkpoint, tokens saved on request
 ROLES = ("member", "tenant_admin", "platform_admin")
@@ -176,6 +181,10 @@ class Job(Base):
         # A status read counts the queued jobs ahead of it in its queue: a range of this index,
         # however many finished jobs the queue has behind it.
         Index("ix_jobs_queue_state_created", "queue", "state", "created_at", "id"),
+        # Every job creation counts the tenant's quota jobs: entries of this index only, not every
+        # job the tenant ever ran, nor a probe into renders per job (migration 0011).
+        Index("ix_jobs_tenant_quota", "tenant_id", postgresql_where=text(QUOTA_JOBS_PREDICATE),
+              sqlite_where=text(QUOTA_JOBS_PREDICATE)),
     )
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -200,6 +209,8 @@ class Job(Base):
     retry_of_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # same concept's job; no key (migration 0004)
     save_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     keep_on_stop: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # The batch this job is an item of (its render's batch too); set when the batch is created.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
 
 
 class Render(Base):

@@ -118,7 +118,7 @@ def create_batch(session: Session, publisher: Publisher, settings: Settings, ten
         # Jobs are built here, not by jobs.create_job, so that one batch is one quota decision.
         job = Job(id=uuid.uuid4(), tenant_id=tenant_id, kind="render", queue=QUEUE_BY_KIND["render"],
                   concept_id=named[0].id, state="queued", progress=0.0, progress_history=[], attempts=0,
-                  cancel_requested=False,
+                  cancel_requested=False, batch_id=batch.id,
                   payload={"render_id": str(render_id), "kind": "generate", "batch_id": str(batch.id)})
         render = Render(id=render_id, tenant_id=tenant_id, concept_id=named[0].id,
                         version_id=named[0].current_version_id, job_id=job.id, kind="generate", text=item.text,

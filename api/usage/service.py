@@ -12,19 +12,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select
+from sqlalchemy import Integer, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import ScalarSelect, Select
 
 from ..errors import ApiError
-from ..models import Batch, Concept, Job, Render, Tenant, UsageRecord
+from ..models import QUOTA_JOB_KINDS, QUOTA_JOBS_PREDICATE, Batch, Concept, Job, Tenant, UsageRecord
 from ..settings import Settings
-
-# Jobs a customer starts (and that hold a worker for long): these count against the concurrency
-# quota. Automatic housekeeping work (captioning after an upload) does not.
-QUOTA_JOB_KINDS = ("train", "render")
-UNFINISHED = ("queued", "running")
 
 
 class QuotaExceeded(ApiError):
@@ -78,29 +74,35 @@ def _lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
 
 def check_job_quota(session: Session, tenant_id: uuid.UUID, kind: str | None = None,
                     settings: Settings | None = None) -> None:
-    """429 when the tenant already has its maximum of unfinished train/render jobs."""
+    """429 when the tenant already has its maximum of unfinished train/render jobs. Only those kinds
+    (QUOTA_JOB_KINDS: jobs a customer starts, which hold a worker for long) are checked; automatic
+    housekeeping (captioning after an upload) is not."""
     if kind is not None and kind not in QUOTA_JOB_KINDS:
         return
     limits = limits_for(_lock_tenant(session, tenant_id), settings or current_settings())
-    if unfinished_work(session, tenant_id) >= limits.max_concurrent_jobs:
+    if unfinished_work(session, tenant_id, limits.max_concurrent_jobs) >= limits.max_concurrent_jobs:
         raise QuotaExceeded("jobs", f"at most {limits.max_concurrent_jobs} unfinished jobs per tenant; "
                                     "wait for one to finish or cancel one")
 
 
-def unfinished_work(session: Session, tenant_id: uuid.UUID) -> int:
-    """What counts against `max_concurrent_jobs`: unfinished train/render jobs outside batches,
-    plus one per running batch (a batch is one request, however many items it fans out to; its
-    size is bounded by OMNI_MAX_BATCH_ITEMS instead)."""
-    return session.scalar(_UNFINISHED_WORK, {"tenant_id": tenant_id}) or 0
+def unfinished_work(session: Session, tenant_id: uuid.UUID, up_to: int) -> int:
+    """What counts against `max_concurrent_jobs`: unfinished train/render jobs outside batches
+    (`QUOTA_JOBS_PREDICATE`), plus one per running batch (a batch is one request, however many items
+    it fans out to; its size is bounded by OMNI_MAX_BATCH_ITEMS instead). Counting stops at `up_to`
+    of each: the quota only asks whether the limit is reached."""
+    return session.scalar(_UNFINISHED_WORK, {"tenant_id": tenant_id, "up_to": up_to}) or 0
 
 
-# Every job creation runs it: both counts in one round trip, the statement built once.
+def _count_up_to(rows: Select) -> ScalarSelect[int]:
+    return select(func.count()).select_from(rows.limit(bindparam("up_to", type_=Integer)).subquery()).scalar_subquery()
+
+
+# Every job creation runs it: both counts in one round trip, the statement built once. The jobs
+# predicate is literal SQL, not bound parameters, so that a prepared (generic) plan still matches
+# the partial index ix_jobs_tenant_quota.
 _UNFINISHED_WORK = select(
-    select(func.count()).select_from(Job).where(
-        Job.tenant_id == bindparam("tenant_id"), Job.kind.in_(QUOTA_JOB_KINDS), Job.state.in_(UNFINISHED),
-        ~exists().where(Render.job_id == Job.id, Render.batch_id.is_not(None))).scalar_subquery()
-    + select(func.count()).select_from(Batch).where(
-        Batch.tenant_id == bindparam("tenant_id"), Batch.state == "running").scalar_subquery())
+    _count_up_to(select(Job.id).where(Job.tenant_id == bindparam("tenant_id"), text(QUOTA_JOBS_PREDICATE)))
+    + _count_up_to(select(Batch.id).where(Batch.tenant_id == bindparam("tenant_id"), Batch.state == "running")))
 
 
 def check_concept_quota(session: Session, tenant_id: uuid.UUID, settings: Settings | None = None) -> None:

@@ -7,11 +7,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from api.jobs import service as jobs
 from api.models import Job, Tenant, UsageRecord
-from api.usage.service import QuotaExceeded, check_job_quota, record_usage
+from api.usage.service import _UNFINISHED_WORK, QuotaExceeded, check_job_quota, record_usage, unfinished_work
 
 from .conftest import create_concept, png_bytes
 
@@ -59,6 +59,24 @@ def test_job_quota_counts_unfinished_train_and_render_jobs(session_factory, acme
         assert caught.value.status == 429 and caught.value.field == "jobs"
         check_job_quota(session, acme.tenant_id, "caption", settings)  # captions are never refused
         check_job_quota(session, globex.tenant_id, "render", settings)  # settings default: 20
+
+
+def test_the_quota_count_reads_only_the_tenants_unfinished_quota_jobs(session_factory, acme):
+    """Every job creation runs this count: it must be a range of the partial index, not a pass over
+    every job the tenant ever ran with a probe into renders per job, and it stops at the limit."""
+    with session_factory() as session:
+        for _ in range(3):
+            _add_job(session, acme.tenant_id, "render", "queued")
+        _add_job(session, acme.tenant_id, "render", "succeeded")
+        session.commit()
+        assert unfinished_work(session, acme.tenant_id, up_to=10) == 3
+        assert unfinished_work(session, acme.tenant_id, up_to=2) == 2  # enough to answer "is the limit reached"
+        session.execute(text("SET LOCAL enable_seqscan = off"))  # these tables are tiny: ask for the best index plan
+        compiled = _UNFINISHED_WORK.compile(session.get_bind())
+        params = {**compiled.params, "tenant_id": acme.tenant_id, "up_to": 20}
+        plan = "\n".join(row[0] for row in session.connection().exec_driver_sql("EXPLAIN " + compiled.string, params))
+    assert "ix_jobs_tenant_quota" in plan, plan
+    assert "renders" not in plan, plan
 
 
 def test_training_over_the_job_quota_is_429_and_creates_nothing(session_factory, acme):
