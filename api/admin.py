@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +28,9 @@ from .settings import Settings
 from .text_rules import NAME_RE
 from .usage.service import tenant_limits
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
 
@@ -34,15 +38,21 @@ class AdminError(Exception):
     pass
 
 
-def migrate(settings: Settings) -> None:
-    from alembic import command
+def alembic_config(database_url: str) -> Config:
+    """Alembic's configuration for this database, without Alembic's own logging setup."""
     from alembic.config import Config
 
-    settings.ensure_local_dirs()
     config = Config(str(ALEMBIC_INI))
-    config.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     config.attributes["skip_logging_config"] = True
-    command.upgrade(config, "heads")  # feature branches of the schema merge later
+    return config
+
+
+def migrate(settings: Settings) -> None:
+    from alembic import command
+
+    settings.ensure_local_dirs()
+    command.upgrade(alembic_config(settings.database_url), "heads")  # feature branches of the schema merge later
 
 
 def _new_key(session: Session, tenant: Tenant, user: User, name: str) -> str:

@@ -42,7 +42,15 @@ CONCEPT_STATUSES = ("draft", "training", "ready", "failed")
 # outside batches (a running batch counts once instead). Written once, as SQL, so that the partial
 # index on jobs and the quota count say the same thing and the planner can match the two.
 QUOTA_JOB_KINDS = ("train", "render")
-QUOTA_JOBS_PREDICATE = "kind IN ('train', 'render') AND state IN ('queued', 'running') AND batch_id IS NULL"
+UNFINISHED_STATES = tuple(s for s in JOB_STATES if s not in FINISHED_STATES)
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+QUOTA_JOBS_PREDICATE = (f"kind IN ({_sql_list(QUOTA_JOB_KINDS)}) AND state IN ({_sql_list(UNFINISHED_STATES)}) "
+                        "AND batch_id IS NULL")
 VERSION_SOURCES = ("trained", "stopped", "mock")  # finished, "stop and keep", the `mock` recipe
 SNAPSHOT_KINDS = ("preview", "saved")  # a sample image at a checkpoint, tokens saved on request
 ROLES = ("member", "tenant_admin", "platform_admin")

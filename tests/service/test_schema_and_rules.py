@@ -7,11 +7,10 @@ import uuid
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from api.admin import ALEMBIC_INI, migrate
+from api.admin import alembic_config, migrate
 from api.db import make_engine
 from api.models import Base
 from api.settings import Settings
@@ -43,15 +42,13 @@ def test_migrations_match_the_models_on_postgres(pg_engine):
         assert columns["tenant_id"]["nullable"] is False, table
 
 
-def test_migration_0011_marks_the_jobs_of_existing_batches(tmp_path):
+def test_migration_0011_marks_the_jobs_of_existing_batches():
     """Batch items made before jobs had `batch_id` must still stay out of the quota count."""
     from .conftest import create_database, database_url, drop_database
 
     name = create_database()
     url = database_url(name)
-    config = Config(str(ALEMBIC_INI))
-    config.set_main_option("sqlalchemy.url", url)
-    config.attributes["skip_logging_config"] = True
+    config = alembic_config(url)
     engine = None
     try:
         command.upgrade(config, "0010")
