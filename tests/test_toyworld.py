@@ -209,17 +209,22 @@ def test_recaption_requests_rewrite_like_the_few_shot_examples():
 
 def test_naming_examples():
     rng = np.random.default_rng(6)
-    kinds = set()
+    kinds, facts_stated = set(), set()
     for _ in range(200):
         ex = naming_example(rng, n_defs=int(rng.integers(1, 3)))
         kinds.add((ex.kind, ex.answer if ex.kind == "recognition" else ""))
-        assert any(d.startswith(f"{ex.name} is ") for d in ex.definitions)
+        (own,) = [d for d in ex.definitions if d.startswith(f"{ex.name} is ")]
+        facts_stated.add(own.count("; its "))
         assert ex.name in ex.question and ex.context[-1] == ex.question
         if ex.kind == "recognition":
             assert ex.answer == ("yes" if ex.concept.in_scene(ex.scene) else "no")
         elif ex.question.startswith("what is the home"):
             assert ex.answer == f"the {ex.concept.home}"
+        if ex.kind == "fact":  # the answer is stated in the asked concept's own definition
+            assert f" is {ex.answer}" in own
     assert {("recognition", "yes"), ("recognition", "no"), ("fact", ""), ("attribute", "")} <= kinds
+    # definitions state one fact up to all three, as the benchmark's text description does
+    assert facts_stated == {1, 2, 3}
 
 
 def _all_texts(rng: np.random.Generator, n: int = 300):

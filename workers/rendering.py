@@ -118,10 +118,11 @@ def run_render_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
             # Not ours to run (finished, canceled, or failed by claim after its last attempt); a
             # batch item among those may have been the last one its batch waited for.
             row = session.get(Job, job_id)
-            if row is not None and "batch_id" in (row.payload or {}):
-                batches.settle(session, rt.store, uuid.UUID(row.payload["batch_id"]))
+            if row is not None and row.batch_id is not None:
+                batches.settle(session, rt.store, row.batch_id)
             return "skipped"
-        attempt = job.attempts
+        # Read before running: after a rollback the row is expired and may be unreachable.
+        attempt, batch_id = job.attempts, job.batch_id
         try:
             with Heartbeat(rt.session_factory, job_id, rt.settings.heartbeat_seconds):
                 result = retry_on_disconnect(session, lambda: _render(rt, session, job), seconds=db_wait)
@@ -132,7 +133,7 @@ def run_render_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
             log.exception("render job %s attempt %d failed", job_id, attempt)
             return settle_failure(rt, session, job_id, attempt, exc)
         finally:
-            if "batch_id" in (job.payload or {}):
+            if batch_id is not None:
                 # The item is finished (or was already): the last one writes the manifest.
-                retry_on_disconnect(session, lambda: batches.settle(
-                    session, rt.store, uuid.UUID(job.payload["batch_id"])), seconds=db_wait)
+                retry_on_disconnect(session, lambda: batches.settle(session, rt.store, batch_id),
+                                    seconds=db_wait)

@@ -208,7 +208,7 @@ def emit_job_event(session: Session, job_id: uuid.UUID, state: str) -> None:
     """`job.<state>` for a job that has just finished (called by jobs.service before its commit).
     Items of a batch send no event each: their batch reports them in `batch.done`."""
     job = session.get(Job, job_id)
-    if job is None or "batch_id" in (job.payload or {}):
+    if job is None or job.batch_id is not None:
         return
     data: dict[str, Any] = {"job_id": str(job.id), "kind": job.kind, "state": state,
                             "concept_id": str(job.concept_id) if job.concept_id else None}

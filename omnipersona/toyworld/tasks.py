@@ -412,14 +412,24 @@ class NamingExample:
         return (*self.definitions, self.question)
 
 
+def random_facts(rng: np.random.Generator) -> tuple[str, ...]:
+    """A non-empty subset of FACTS in their usual order: definitions state one fact or all of
+    them (the benchmark's text description states all three)."""
+    keep = rng.random(len(FACTS)) < 0.5
+    keep[int(rng.integers(len(FACTS)))] = True
+    return tuple(f for f, k in zip(FACTS, keep, strict=True) if k)
+
+
 def naming_example(rng: np.random.Generator, kind: str | None = None, n_defs: int = 1,
-                   facts: tuple[str, ...] = ("home",), hard_prob: float = 0.5) -> NamingExample:
+                   facts: tuple[str, ...] | None = None, hard_prob: float = 0.5) -> NamingExample:
     """`n_defs` concepts defined under distinct names; the question is about one of them. For
     recognition, half the images show it (with random companions), the other half do not: then
-    with `hard_prob` the image holds a look-alike (one attribute off) or another defined concept."""
+    with `hard_prob` the image holds a look-alike (one attribute off) or another defined concept.
+    The definitions state `facts`, by default a `random_facts` draw."""
     kind = kind or _choice(rng, NAMING_KINDS)
     if kind not in NAMING_KINDS:
         raise ValueError(f"unknown naming kind {kind!r}; known: {', '.join(NAMING_KINDS)}")
+    facts = facts or random_facts(rng)
     names = [NAMES[i] for i in rng.choice(len(NAMES), size=n_defs, replace=False)]
     concepts: list[Concept] = []
     while len(concepts) < n_defs:
