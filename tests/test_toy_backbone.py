@@ -28,7 +28,7 @@ def test_loads_by_name_and_matches_its_model_card():
 @torch.no_grad()
 def test_base_answers_held_out_questions():
     scores = evaluate_base(load_backbone("toy"), n=40, seed=777)
-    # what the model card reports it can do (position it cannot yet: see the card); chance over all
+    # what the model card reports it can do (position only in part: see the card); chance over all
     # VQA kinds is about 0.3
     assert scores["vqa_place"] >= 0.9 and scores["vqa_count"] >= 0.85 and scores["vqa_colour"] >= 0.55, scores
     assert scores["vqa_shape"] >= 0.6 and scores["vqa_size"] >= 0.6 and scores["vqa"] >= 0.65, scores
