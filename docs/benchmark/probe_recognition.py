@@ -1,12 +1,12 @@
 """Why do trained concept tokens recognise worse than a text description? (docs/benchmark.md)
 
-    python docs/benchmark/probe_recognition.py [N_CONCEPTS] [SEED]
+    python docs/benchmark/probe_recognition.py [N_CONCEPTS] [SEED] [STEPS]
 
 For the benchmark's first N concepts of SEED (defaults 4 and 0), trains OmniPersona's tokens with
-the benchmark's recipe and asks "is <c> in this image ?" of: the held-out positives, the held-out
-look-alikes (one attribute off, split by which), the held-out easy negatives, and the training
-photos themselves. The same questions go to the base with the short and the exact description.
-Prints the share of "yes" per group: a good recogniser says yes to positives only.
+the benchmark's recipe (STEPS: default its 300) and asks "is <c> in this image ?" of: the held-out
+positives, the held-out look-alikes (one attribute off, split by which), the held-out easy
+negatives, and the training photos themselves. The same questions go to the base with the short
+and the exact description. Prints the share of "yes" per group: a good recogniser says yes to positives only.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from omnipersona.trainer import TrainRecipe, train_concept
 ATTRIBUTES = ("shape", "colour", "pattern", "size")
 
 
-def main(n_concepts: int = 4, seed: int = 0) -> None:
-    torch.set_num_threads(1)
+def main(n_concepts: int = 4, seed: int = 0, steps: int = 300) -> None:
+    torch.set_num_threads(2)
     backbone = load_backbone("toy")
     said_yes: dict[str, dict[str, list[bool]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     for case in build_cases(seed, n_concepts, backbone.config.image_size):
@@ -40,7 +40,7 @@ def main(n_concepts: int = 4, seed: int = 0) -> None:
         groups += [("train positive", img) for img in train.images]
         groups += [("train negative", img) for img in train.negatives]
 
-        recipe = TrainRecipe(steps=300, seed=seed * 1000 + case.index)
+        recipe = TrainRecipe(steps=steps, seed=seed * 1000 + case.index)
         tokens = train_concept(backbone, train, case.token_name, recipe).concept
         readers = {"OmniPersona tokens": (OmniPipeline(backbone), f"<{case.token_name}>")}
         readers["OmniPersona tokens"][0].add_concept(tokens)
@@ -64,4 +64,4 @@ def main(n_concepts: int = 4, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    main(*(int(a) for a in sys.argv[1:4]))
