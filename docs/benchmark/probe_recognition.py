@@ -6,7 +6,8 @@ For the benchmark's first N concepts of SEED (defaults 4 and 0), trains OmniPers
 the benchmark's recipe (STEPS: default its 300) and asks "is <c> in this image ?" of: the held-out
 positives, the held-out look-alikes (one attribute off, split by which), the held-out easy
 negatives, and the training photos themselves. The same questions go to the base with the short
-and the exact description. Prints the share of "yes" per group: a good recogniser says yes to positives only.
+and the exact description. Prints the share of "yes" per group: a good recogniser says yes to
+positives only.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def main(n_concepts: int = 4, seed: int = 0, steps: int = 300) -> None:
 
         recipe = TrainRecipe(steps=steps, seed=seed * 1000 + case.index)
         tokens = train_concept(backbone, train, case.token_name, recipe).concept
-        readers = {"OmniPersona tokens": (OmniPipeline(backbone), f"<{case.token_name}>")}
-        readers["OmniPersona tokens"][0].add_concept(tokens)
+        with_tokens = OmniPipeline(backbone)
+        with_tokens.add_concept(tokens)
+        readers = {"OmniPersona tokens": (with_tokens, f"<{case.token_name}>")}
         for kind in ("short", "exact"):
             pipe = OmniPipeline(backbone)
             pipe.describe(case.text_name, case.description(exact=kind == "exact"))
