@@ -16,6 +16,14 @@ def test_same_seed_same_benchmark_other_seed_other_concepts():
     assert len({x.concept.identity for x in build_cases(0, 20)}) == 20
 
 
+def test_a_quick_run_scores_the_first_concepts_of_the_full_run():
+    full, quick = build_cases(0, 20), build_cases(0, 5)
+    assert len(quick) == 5
+    for q, f in zip(quick, full, strict=False):
+        assert q.concept == f.concept and q.test_positive == f.test_positive
+        assert q.test_negative == f.test_negative and q.edits == f.edits and q.train_seeds == f.train_seeds
+
+
 def test_positives_hold_the_concept_and_negatives_do_not():
     for case in build_cases(3, 5):
         c = case.concept

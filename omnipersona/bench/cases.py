@@ -28,6 +28,7 @@ from ..toyworld.world import (
 C = "{c}"  # stands for the concept's identifier (`<c3>`) or its described name (`n3`)
 PARG_REQUESTS = (1, 3, 7)  # indices into tasks.RECAPTION_REQUESTS: the requests that need the home
 EDIT_KINDS = ("remove", "move", "add")
+FULL_CONCEPTS = 20  # the full benchmark; smaller runs are its first concepts
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,12 @@ def _edit_case(concept: Concept, rng: np.random.Generator, kind: str) -> EditCas
 def build_cases(seed: int = 0, n_concepts: int = 20, image_size: int = 32, n_train: int = 10,
                 n_test: int = 10, n_parg: int = 5, n_edit: int = 5) -> list[BenchConcept]:
     """With the defaults and 20 concepts every metric has >= 100 test items (Rec 400, VQA 140,
-    Gen, PARG and Edit 100 each)."""
+    Gen, PARG and Edit 100 each). Fewer concepts are the first ones of the full draw, items
+    included, so a `--quick` run scores a subset of what the full run scores."""
     rng = np.random.default_rng(seed)
+    n_drawn = max(n_concepts, FULL_CONCEPTS)  # items are drawn after all identities
     concepts: list[Concept] = []
-    while len(concepts) < n_concepts:  # distinct identities
+    while len(concepts) < n_drawn:  # distinct identities
         c = random_concept(rng)
         if all(c.identity != o.identity for o in concepts):
             concepts.append(c)
@@ -138,4 +141,4 @@ def build_cases(seed: int = 0, n_concepts: int = 20, image_size: int = 32, n_tra
             list(zip(pos, seeds(n_test), strict=True)), list(zip(neg, seeds(n_test), strict=True)),
             questions, parg, edits,
         ))
-    return out
+    return out[:n_concepts]
