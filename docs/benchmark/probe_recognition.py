@@ -1,9 +1,11 @@
 """Why do trained concept tokens recognise worse than a text description? (docs/benchmark.md)
 
-    python docs/benchmark/probe_recognition.py [N_CONCEPTS] [SEED] [STEPS]
+    python docs/benchmark/probe_recognition.py [N_CONCEPTS] [SEED] [STEPS] [LR]
 
-For the benchmark's first N concepts of SEED (defaults 4 and 0), trains OmniPersona's tokens with
-the benchmark's recipe (STEPS: default its 300) and asks "is <c> in this image ?" of: the held-out
+Draws the benchmark's cases for N concepts of SEED (defaults 4 and 0; `build_cases` draws the
+test items after all N identities, so they are not those of the 20-concept run), trains
+OmniPersona's tokens with the benchmark's recipe (STEPS: default its 300; LR: default the
+recipe's) and asks "is <c> in this image ?" of: the held-out
 positives, the held-out look-alikes (one attribute off, split by which), the held-out easy
 negatives, and the training photos themselves. The same questions go to the base with the short
 and the exact description. Prints the share of "yes" per group: a good recogniser says yes to
@@ -27,7 +29,7 @@ from omnipersona.trainer import TrainRecipe, train_concept
 ATTRIBUTES = ("shape", "colour", "pattern", "size")
 
 
-def main(n_concepts: int = 4, seed: int = 0, steps: int = 300) -> None:
+def main(n_concepts: int = 4, seed: int = 0, steps: int = 300, lr: float | None = None) -> None:
     torch.set_num_threads(2)
     backbone = load_backbone("toy")
     said_yes: dict[str, dict[str, list[bool]]] = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -42,6 +44,8 @@ def main(n_concepts: int = 4, seed: int = 0, steps: int = 300) -> None:
         groups += [("train negative", img) for img in train.negatives]
 
         recipe = TrainRecipe(steps=steps, seed=seed * 1000 + case.index)
+        if lr is not None:
+            recipe.lr = lr
         tokens = train_concept(backbone, train, case.token_name, recipe).concept
         with_tokens = OmniPipeline(backbone)
         with_tokens.add_concept(tokens)
@@ -66,4 +70,4 @@ def main(n_concepts: int = 4, seed: int = 0, steps: int = 300) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:4]))
+    main(*(int(a) for a in sys.argv[1:4]), *(float(a) for a in sys.argv[4:5]))

@@ -30,6 +30,7 @@ def to_json(result: BenchResult) -> dict:
         "seed": result.seed,
         "concepts": len(result.cases),
         "steps": result.steps,
+        "lr": result.lr,
         "seconds": round(result.seconds, 1),
         "train_seconds_per_concept": round(float(np.mean(result.train_seconds)), 1),
         "table": result.table(),

@@ -74,6 +74,7 @@ class ConceptResult:
 class BenchResult:
     seed: int
     steps: int
+    lr: float
     rows: dict[str, list[ConceptResult]]
     train_seconds: list[float]  # one per trained concept (all variants)
     cases: list[BenchConcept]
@@ -170,4 +171,4 @@ def run_bench(
         line = " ".join(f"{r.name}: " + ",".join(f"{m}={results[r.name][-1].scores[m]:.2f}"
                                                   for m in ("rec", "vqa", "gen", "parg", "edit")) for r in rows)
         log(f"concept {case.index + 1}/{len(cases)} ({time.monotonic() - start:.0f}s) {line}")
-    return BenchResult(seed, steps, results, train_seconds, cases, time.monotonic() - start)
+    return BenchResult(seed, steps, TrainRecipe().lr, results, train_seconds, cases, time.monotonic() - start)
