@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -57,7 +58,11 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 def wait_for_notice(chrome: webdriver.Chrome, text: str) -> None:
-    WebDriverWait(chrome, WAIT_SECONDS).until(ec.text_to_be_present_in_element((By.ID, "notice"), text))
+    """Polls until the notice reads `text`. While a click's POST-redirect-GET replaces the page,
+    reading the old page's notice can fail with Chromium's "node does not belong to the document"
+    (a generic WebDriverException, not a stale-element one): keep polling through it."""
+    wait = WebDriverWait(chrome, WAIT_SECONDS, ignored_exceptions=(WebDriverException,))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "notice"), text))
 
 
 def row(chrome: webdriver.Chrome, job_id: uuid.UUID):
