@@ -1,6 +1,7 @@
 """Mean per-concept scores over the concepts a (possibly stopped) `omnipersona bench` log has
 finished, against the same concepts of an earlier results.json in brackets (a smaller run is a
-prefix of the full one, so the items are the same).
+prefix of the full one, so the items are the same). The log rounds each concept's scores to two
+decimals, so a mean here can differ from results.json's in the third (VQA's sevenths).
 
 Usage: python docs/benchmark/compare_prefix.py BENCH.log OLD_RESULTS.json
 """
