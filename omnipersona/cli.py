@@ -375,7 +375,7 @@ def cmd_evaluate_base(args: argparse.Namespace) -> int:
     return 0
 
 
-QUICK_CONCEPTS = 5  # `bench --quick`: five concepts from the seed (the 20-concept run takes about 45 min)
+QUICK_CONCEPTS = 5  # `bench --quick`: five concepts from the seed (the 20-concept run takes about 90 min)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -407,7 +407,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     n_concepts = QUICK_CONCEPTS if args.quick else args.concepts
     result = run_bench(backbone, recogniser, seed=args.seed, n_concepts=n_concepts, steps=args.steps,
-                       rows=rows, sample_steps=args.sample_steps, log=log)
+                       rows=rows, sample_steps=args.sample_steps, log=log,
+                       on_concept=lambda so_far: write_report(so_far, args.out))
     paths = write_report(result, args.out)
     print(markdown_table(result))
     print(f"\nseed {args.seed}, {n_concepts} concepts, {args.steps} steps per concept; "

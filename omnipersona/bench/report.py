@@ -29,6 +29,8 @@ def to_json(result: BenchResult) -> dict:
     return {
         "seed": result.seed,
         "concepts": len(result.cases),
+        "complete": result.complete,  # false: a run stopped (or still going) after `concepts` of `planned`
+        "planned": result.planned,
         "steps": result.steps,
         "lr": result.lr,
         "seconds": round(result.seconds, 1),

@@ -77,8 +77,13 @@ class BenchResult:
     lr: float
     rows: dict[str, list[ConceptResult]]
     train_seconds: list[float]  # one per trained concept (all variants)
-    cases: list[BenchConcept]
+    cases: list[BenchConcept]  # the concepts scored so far
     seconds: float
+    planned: int  # concepts the run was asked for; more than len(cases) while it is under way
+
+    @property
+    def complete(self) -> bool:
+        return len(self.cases) == self.planned
 
     def table(self) -> dict[str, dict[str, float]]:
         return {row: {m: float(np.mean([r.scores[m] for r in results])) for m in METRICS}
@@ -142,7 +147,10 @@ def run_bench(
     rows: tuple[Row, ...] = ROWS,
     sample_steps: int = 25,
     log: Callable[[str], None] | None = None,
+    on_concept: Callable[[BenchResult], None] | None = None,
 ) -> BenchResult:
+    """Train and score every concept; `on_concept` gets the result so far after each one (the CLI
+    rewrites its report then, so a stopped run keeps exact scores for the concepts it finished)."""
     start = time.monotonic()
     log = log or (lambda _: None)
     cases = build_cases(seed, n_concepts, backbone.config.image_size)
@@ -151,6 +159,11 @@ def run_bench(
     results: dict[str, list[ConceptResult]] = {r.name: [] for r in rows}
     train_seconds = []
     variants = list(dict.fromkeys(r.training for r in rows if r.training))
+    def so_far(done: int) -> BenchResult:
+        rows_done = {name: scored[:done] for name, scored in results.items()}  # a copy: the run goes on
+        return BenchResult(seed, steps, TrainRecipe().lr, rows_done, train_seconds[:done], cases[:done],
+                           time.monotonic() - start, len(cases))
+
     for case in cases:
         t0 = time.monotonic()
         trained = {}
@@ -171,4 +184,6 @@ def run_bench(
         line = " ".join(f"{r.name}: " + ",".join(f"{m}={results[r.name][-1].scores[m]:.2f}"
                                                   for m in ("rec", "vqa", "gen", "parg", "edit")) for r in rows)
         log(f"concept {case.index + 1}/{len(cases)} ({time.monotonic() - start:.0f}s) {line}")
-    return BenchResult(seed, steps, TrainRecipe().lr, results, train_seconds, cases, time.monotonic() - start)
+        if on_concept is not None:
+            on_concept(so_far(case.index + 1))
+    return so_far(len(cases))
