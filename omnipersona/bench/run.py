@@ -95,18 +95,25 @@ def _has_identity(scene: Scene, case: BenchConcept) -> bool:
 
 
 @torch.no_grad()
+def recognition_rates(pipe: OmniPipeline, ref: str, case: BenchConcept) -> tuple[float, float]:
+    """(true-positive rate, true-negative rate) of "is `ref` in this image ?" on the held-out
+    positives and negatives; Rec is their mean."""
+    question = tasks.RECOGNITION_QUESTION.format(c=ref)
+    tests = [(case.image(s, seed), True) for s, seed in case.test_positive]
+    tests += [(case.image(s, seed), False) for s, seed in case.test_negative]
+    said = pipe.ask_batch([(question, img) for img, _ in tests], max_new_tokens=2)
+    yes = [a.strip() == "yes" for a in said]
+    tpr = np.mean([y for y, (_, pos) in zip(yes, tests, strict=True) if pos])
+    tnr = np.mean([not y for y, (_, pos) in zip(yes, tests, strict=True) if not pos])
+    return float(tpr), float(tnr)
+
+
+@torch.no_grad()
 def evaluate_concept(pipe: OmniPipeline, ref: str, case: BenchConcept, recogniser: Recogniser, row: Row,
                      sampler: SamplerConfig, edit_sampler: SamplerConfig) -> ConceptResult:
     """Score one concept as `ref` (`<c3>` for tokens, `n3` for a described name) in `pipe`."""
     fill = {"c": ref}
-    rq = tasks.RECOGNITION_QUESTION.format(**fill)
-    tests = [(case.image(s, seed), True) for s, seed in case.test_positive]
-    tests += [(case.image(s, seed), False) for s, seed in case.test_negative]
-    said = pipe.ask_batch([(rq, img) for img, _ in tests], max_new_tokens=2)
-    yes = [a.strip() == "yes" for a in said]
-    tpr = np.mean([y for y, (_, pos) in zip(yes, tests, strict=True) if pos])
-    tnr = np.mean([not y for y, (_, pos) in zip(yes, tests, strict=True) if not pos])
-
+    tpr, tnr = recognition_rates(pipe, ref, case)
     answers = pipe.ask_batch([(q.format(**fill), None) for _, q, _ in case.questions], max_new_tokens=6)
     right = {"visual": [], "fact": []}
     for (kind, _, ref_answer), a in zip(case.questions, answers, strict=True):
