@@ -2,8 +2,8 @@
 
     python docs/benchmark/probe_recognition.py [N_CONCEPTS] [SEED] [STEPS] [LR]
 
-Draws the benchmark's cases for N concepts of SEED (defaults 4 and 0; `build_cases` draws the
-test items after all N identities, so they are not those of the 20-concept run), trains
+Draws the benchmark's cases for N concepts of SEED (defaults 4 and 0: the first four concepts
+of the 20-concept run, items included), trains
 OmniPersona's tokens with the benchmark's recipe (STEPS: default its 300; LR: default the
 recipe's) and asks "is <c> in this image ?" of: the held-out
 positives, the held-out look-alikes (one attribute off, split by which), the held-out easy
