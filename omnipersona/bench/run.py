@@ -166,6 +166,7 @@ def run_bench(
     results: dict[str, list[ConceptResult]] = {r.name: [] for r in rows}
     train_seconds = []
     variants = list(dict.fromkeys(r.training for r in rows if r.training))
+
     def so_far(done: int) -> BenchResult:
         rows_done = {name: scored[:done] for name, scored in results.items()}  # a copy: the run goes on
         return BenchResult(seed, steps, TrainRecipe().lr, rows_done, train_seconds[:done], cases[:done],
