@@ -381,7 +381,7 @@ QUICK_CONCEPTS = 5  # `bench --quick`: five concepts from the seed (the 20-conce
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import ROWS, markdown_table, run_bench, write_report
+    from .bench import ROWS, BenchResult, markdown_table, run_bench, write_report
     from .toyworld import RECOGNISER_DIR
     from .toyworld.recogniser import load_recogniser
 
@@ -405,11 +405,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    paths: dict[str, Path] = {}
+
+    def rewrite_report(so_far: BenchResult) -> None:  # after every concept, the last one included
+        paths.update(write_report(so_far, args.out))
+
     n_concepts = QUICK_CONCEPTS if args.quick else args.concepts
     result = run_bench(backbone, recogniser, seed=args.seed, n_concepts=n_concepts, steps=args.steps,
-                       rows=rows, sample_steps=args.sample_steps, log=log,
-                       on_concept=lambda so_far: write_report(so_far, args.out))
-    paths = write_report(result, args.out)
+                       rows=rows, sample_steps=args.sample_steps, log=log, on_concept=rewrite_report)
     print(markdown_table(result))
     print(f"\nseed {args.seed}, {n_concepts} concepts, {args.steps} steps per concept; "
           f"{result.seconds:.0f} s in all; " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
