@@ -321,9 +321,6 @@ def _upload_version(rt: WorkerRuntime, prefix: str, tokens: ConceptTokens, finge
 
 def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
     """Returns the job's final state (or 'skipped' when another delivery owns it)."""
-    from omnipersona.data import ConceptData
-    from omnipersona.trainer import train_concept
-
     settings = rt.settings
     db_wait = settings.db_retry_seconds
     with rt.session_factory() as session:
@@ -335,6 +332,11 @@ def run_train_job(rt: WorkerRuntime, job_id: uuid.UUID) -> str:
         controls = TrainingControls(rt.session_factory, job_id, job.save_requests or 0, attempt, db_wait)
         try:
             with Heartbeat(rt.session_factory, job_id, settings.heartbeat_seconds):
+                # Imported once the job is claimed and beating: torch takes seconds to import in a
+                # fresh pool process, and a redelivered job should be taken over before that.
+                from omnipersona.data import ConceptData
+                from omnipersona.trainer import train_concept
+
                 concept, images, facts = _load_inputs(rt, session, job)
                 backbone = rt.backbone()
                 mock = job.payload.get("recipe") == "mock"
