@@ -111,6 +111,16 @@ positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 # -- library access -------------------------------------------------------------------------------
 def load_backbone(spec: str):
     from .backbone import BackboneError
@@ -298,6 +308,8 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     cfg.steps = args.steps or cfg.steps
     cfg.vae_steps = args.vae_steps or cfg.vae_steps
     cfg.vit_steps = args.vit_steps or cfg.vit_steps
+    cfg.batch_size = args.batch_size or cfg.batch_size
+    cfg.lr = args.lr or cfg.lr
     for item in args.mix or []:
         task, _, weight = item.partition("=")
         if task not in cfg.mix:
@@ -443,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", metavar="DIR", help="folder of photos without the concept")
     p.add_argument("--steps", type=positive_int, help="training steps (default: recipe's)")
     p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=positive_float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("decoupled", "shared"), default="decoupled")
     p.add_argument("--backend", choices=("torch", "deepspeed"), default="torch")
@@ -489,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="backbone steps (default: PretrainConfig's)")
     p.add_argument("--vae-steps", type=positive_int, help="VAE steps (default: PretrainConfig's)")
     p.add_argument("--vit-steps", type=positive_int, help="ViT dense-reading steps (default: PretrainConfig's)")
+    p.add_argument("--batch-size", type=positive_int, help="backbone batch size (default: PretrainConfig's)")
+    p.add_argument("--lr", type=positive_float, help="backbone peak learning rate (default: PretrainConfig's)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.add_argument("--init", metavar="DIR", help="continue stage 2 from a saved run (skips the VAE stage)")
     p.add_argument("--mix", nargs="+", metavar="TASK=WEIGHT", help="override task weights of the batch mix")

@@ -129,3 +129,19 @@ def test_continued_run_starts_from_saved_weights_and_keeps_every_run_on_record(t
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "losses.jsonl").read_text().splitlines()
              if '"backbone"' in line]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_pretrain_command_continues_a_run_with_the_batch_size_and_rate_it_is_given(tmp_path, capsys):
+    from omnipersona.cli import main
+    from omnipersona.toyworld import TOY_BACKBONE_DIR
+
+    out = tmp_path / "next"
+    assert main(["pretrain-toy", "--out", str(out), "--init", str(TOY_BACKBONE_DIR), "--seed", "5", "--steps", "2",
+                 "--batch-size", "3", "--lr", "2e-5", "--mix", "vqa=1", "t2i=1"]) == 0
+    run = json.loads((out / "pretrain.json").read_text())["runs"][-1]
+    assert run["backbone_steps"] == 2 and run["init"] == str(TOY_BACKBONE_DIR)
+    assert (run["config"]["batch_size"], run["config"]["lr"], run["config"]["seed"]) == (3, 2e-5, 5)
+    for bad in (["--lr", "0"], ["--lr", "fast"], ["--batch-size", "0"], ["--mix", "vqa"]):
+        assert main(["pretrain-toy", "--out", str(tmp_path / "bad"), *bad]) == 2
+    assert "--lr: must be above 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
