@@ -3,7 +3,7 @@ targets are what the instruction says, and the same seed draws the same benchmar
 
 from omnipersona.bench.cases import EDIT_KINDS, build_cases
 from omnipersona.toyworld import tasks
-from omnipersona.toyworld.evaluate import generation_hits
+from omnipersona.toyworld.evaluate import generation_attribute_hits, generation_hits
 from omnipersona.toyworld.recogniser import same_scene
 from omnipersona.toyworld.world import ObjectSpec, Scene
 
@@ -86,4 +86,8 @@ def test_generation_hits_counts_spoken_attributes_only():
     assert generation_hits(truth, moved) == (7, 7)
     wrong = Scene("snow", (ObjectSpec("star", "green", "dotted", "large", "top left"),))
     assert generation_hits(truth, wrong) == (2, 7)
+    # where the five misses are: the place, the green star's colour, and the blue circle drawn
+    # not at all (all three of its attributes)
+    assert generation_attribute_hits(truth, wrong) == {"place": (0, 1), "shape": (1, 2), "colour": (0, 2),
+                                                       "pattern": (1, 2)}
     assert same_scene(truth, Scene("beach", truth.objects[::-1])) and not same_scene(truth, moved)

@@ -11,7 +11,7 @@ from omnipersona.backbone import load_backbone
 from omnipersona.pipeline import GenerateRequest, OmniPipeline
 from omnipersona.sampler import SamplerConfig
 from omnipersona.toyworld import RECOGNISER_DIR, TOY_BACKBONE_DIR, tasks
-from omnipersona.toyworld.evaluate import evaluate_base, generation_hits
+from omnipersona.toyworld.evaluate import evaluate_base, evaluate_generation, generation_hits
 from omnipersona.toyworld.recogniser import load_recogniser
 from omnipersona.toyworld.world import random_scene
 
@@ -47,3 +47,16 @@ def test_base_draws_what_a_caption_says():
     hits = [generation_hits(s, r) for s, r in zip(scenes, recogniser.read([x.image for x in images]), strict=True)]
     # the place and the colour it draws; a random image would get about 1/6 and 1/8 of them
     assert sum(h[0] for h in hits) / sum(h[1] for h in hits) >= 0.45, hits
+
+
+@torch.no_grad()
+def test_generation_score_breaks_down_by_attribute():
+    recogniser, _ = load_recogniser(RECOGNISER_DIR)
+    scores = evaluate_generation(load_backbone("toy"), recogniser, n=32, seed=55, sample_steps=20)
+    per_attribute = {a: scores[f"generation_{a}"] for a in ("place", "colour", "shape", "pattern", "size")}
+    # the overall score is the mean over every attribute asked, so it lies among the parts
+    assert min(per_attribute.values()) <= scores["generation_attribute_accuracy"] <= max(per_attribute.values())
+    # what the card reports it draws well (chance: 1/6 of places, 1/8 of colours)
+    assert per_attribute["place"] >= 0.9 and per_attribute["colour"] >= 0.6, scores
+    # one to three objects described: it draws that many about half the time (0.58 on the card)
+    assert scores["generation_object_count"] >= 0.35, scores

@@ -97,27 +97,34 @@ def caption_attributes(scene: Scene) -> list[tuple[str, ...]]:
     return [attrs] * n
 
 
-def generation_hits(truth: Scene, seen: Scene) -> tuple[int, int]:
-    """(attributes right, attributes asked) for an image generated from `caption(truth)`: the
-    place, and for each described object those of its attributes the caption names, matched
-    greedily to the generated object that agrees on most of them."""
-    right, asked = int(truth.place == seen.place), 1
+def generation_attribute_hits(truth: Scene, seen: Scene) -> dict[str, tuple[int, int]]:
+    """(right, asked) per attribute for an image generated from `caption(truth)`: the place, and
+    for each described object those of its attributes the caption names, matched greedily to the
+    generated object that agrees on most of them (a described object with nothing left to match
+    gets every attribute wrong)."""
+    hits = {"place": (int(truth.place == seen.place), 1)}
     left: list[ObjectSpec] = list(seen.objects)
     for obj, attrs in zip(truth.objects, caption_attributes(truth), strict=True):
-        asked += len(attrs)
-        if not left:
-            continue
-        best = max(left, key=lambda o: sum(getattr(o, a) == getattr(obj, a) for a in attrs))
-        right += sum(getattr(best, a) == getattr(obj, a) for a in attrs)
-        left.remove(best)
-    return right, asked
+        best = max(left, key=lambda o: sum(getattr(o, a) == getattr(obj, a) for a in attrs)) if left else None
+        for a in attrs:
+            right, asked = hits.get(a, (0, 0))
+            hits[a] = (right + int(best is not None and getattr(best, a) == getattr(obj, a)), asked + 1)
+        if best is not None:
+            left.remove(best)
+    return hits
+
+
+def generation_hits(truth: Scene, seen: Scene) -> tuple[int, int]:
+    """(attributes right, attributes asked) over all of `generation_attribute_hits`."""
+    per = generation_attribute_hits(truth, seen).values()
+    return sum(r for r, _ in per), sum(a for _, a in per)
 
 
 @torch.no_grad()
 def evaluate_generation(backbone: Backbone, recogniser: Recogniser, n: int = 100, seed: int = 4321,
                         sample_steps: int = 25) -> dict[str, float]:
-    """Text-to-image from held-out captions: attribute accuracy (see `generation_hits`), and the
-    share of images whose every spoken attribute is right."""
+    """Text-to-image from held-out captions: attribute accuracy (see `generation_attribute_hits`),
+    overall and per attribute, and the share of images whose every spoken attribute is right."""
     rng = np.random.default_rng(seed)
     pipe = OmniPipeline(backbone, recaption=False)
     scenes = [random_scene(rng) for _ in range(n)]
@@ -126,10 +133,21 @@ def evaluate_generation(backbone: Backbone, recogniser: Recogniser, n: int = 100
     for i in range(0, n, CHUNK):
         batch = [GenerateRequest(tasks.caption(s), i + j, sampler) for j, s in enumerate(scenes[i:i + CHUNK])]
         seen += recogniser.read([r.image for r in pipe.generate_batch(batch)])
-    hits = [generation_hits(t, s) for t, s in zip(scenes, seen, strict=True)]
+    per_image = [generation_attribute_hits(t, s) for t, s in zip(scenes, seen, strict=True)]
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for hits in per_image:
+        for a, (right, asked) in hits.items():
+            totals[a][0] += right
+            totals[a][1] += asked
+    right, asked = sum(r for r, _ in totals.values()), sum(a for _, a in totals.values())
     return {
-        "generation_attribute_accuracy": sum(h[0] for h in hits) / sum(h[1] for h in hits),
-        "generation_all_right": float(np.mean([h[0] == h[1] for h in hits])),
+        "generation_attribute_accuracy": right / asked,
+        "generation_all_right": float(np.mean([all(r == a for r, a in h.values()) for h in per_image])),
+        # Where the misses are: per spoken attribute, and whether the image has as many objects
+        # as the caption describes (an object left out loses all its attributes).
+        **{f"generation_{a}": r / n for a, (r, n) in sorted(totals.items())},
+        "generation_object_count": float(np.mean([len(t.objects) == len(s.objects)
+                                                  for t, s in zip(scenes, seen, strict=True)])),
     }
 
 
