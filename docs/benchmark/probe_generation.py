@@ -30,21 +30,15 @@ from omnipersona.flow import inference_timesteps
 from omnipersona.pipeline import GenerateRequest, OmniPipeline
 from omnipersona.sampler import SamplerConfig, combine_cfg
 from omnipersona.toyworld import RECOGNISER_DIR, tasks
-from omnipersona.toyworld.evaluate import CHUNK, generation_attribute_hits
+from omnipersona.toyworld.evaluate import CHUNK, generation_scores
 from omnipersona.toyworld.recogniser import load_recogniser
 from omnipersona.toyworld.world import COLOURS, PATTERNS, SHAPES, SIZES, Scene, random_scene, render
 
 
 def per_attribute(truths: list[Scene], seen: list[Scene]) -> dict[str, float]:
-    totals: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
-    for t, s in zip(truths, seen, strict=True):
-        for a, (right, asked) in generation_attribute_hits(t, s).items():
-            totals[a][0] += right
-            totals[a][1] += asked
-    out = {a: r / n for a, (r, n) in totals.items()}
-    out["all"] = sum(r for r, _ in totals.values()) / sum(n for _, n in totals.values())
-    out["count"] = float(np.mean([len(t.objects) == len(s.objects) for t, s in zip(truths, seen, strict=True)]))
-    return out
+    scores = generation_scores(truths, seen)
+    return {"all": scores["generation_attribute_accuracy"], "count": scores["generation_object_count"],
+            **{a: scores[f"generation_{a}"] for a in ("place", "colour", "shape", "pattern", "size")}}
 
 
 def show(label: str, scores: dict[str, float]) -> None:

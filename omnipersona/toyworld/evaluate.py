@@ -120,6 +120,27 @@ def generation_hits(truth: Scene, seen: Scene) -> tuple[int, int]:
     return sum(r for r, _ in per), sum(a for _, a in per)
 
 
+def generation_scores(truths: list[Scene], seen: list[Scene]) -> dict[str, float]:
+    """Scores of images generated from `caption(truth)` as the recogniser read them: attribute
+    accuracy over every attribute asked, the share of images with all of them right, accuracy per
+    attribute, and the share of images with as many objects as the caption describes. Extra
+    objects cannot lower the attribute scores (each described object is matched to the best drawn
+    one), so the object count is what shows a model drawing more than it was asked for."""
+    per_image = [generation_attribute_hits(t, s) for t, s in zip(truths, seen, strict=True)]
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for hits in per_image:
+        for attribute, (right, asked) in hits.items():
+            totals[attribute][0] += right
+            totals[attribute][1] += asked
+    return {
+        "generation_attribute_accuracy": sum(r for r, _ in totals.values()) / sum(a for _, a in totals.values()),
+        "generation_all_right": float(np.mean([all(r == a for r, a in h.values()) for h in per_image])),
+        **{f"generation_{attribute}": r / a for attribute, (r, a) in sorted(totals.items())},
+        "generation_object_count": float(np.mean([len(t.objects) == len(s.objects)
+                                                  for t, s in zip(truths, seen, strict=True)])),
+    }
+
+
 @torch.no_grad()
 def evaluate_generation(backbone: Backbone, recogniser: Recogniser, n: int = 100, seed: int = 4321,
                         sample_steps: int = 25) -> dict[str, float]:
@@ -133,22 +154,7 @@ def evaluate_generation(backbone: Backbone, recogniser: Recogniser, n: int = 100
     for i in range(0, n, CHUNK):
         batch = [GenerateRequest(tasks.caption(s), i + j, sampler) for j, s in enumerate(scenes[i:i + CHUNK])]
         seen += recogniser.read([r.image for r in pipe.generate_batch(batch)])
-    per_image = [generation_attribute_hits(t, s) for t, s in zip(scenes, seen, strict=True)]
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for hits in per_image:
-        for a, (right, asked) in hits.items():
-            totals[a][0] += right
-            totals[a][1] += asked
-    right, asked = sum(r for r, _ in totals.values()), sum(a for _, a in totals.values())
-    return {
-        "generation_attribute_accuracy": right / asked,
-        "generation_all_right": float(np.mean([all(r == a for r, a in h.values()) for h in per_image])),
-        # Where the misses are: per spoken attribute, and whether the image has as many objects
-        # as the caption describes (an object left out loses all its attributes).
-        **{f"generation_{a}": r / n for a, (r, n) in sorted(totals.items())},
-        "generation_object_count": float(np.mean([len(t.objects) == len(s.objects)
-                                                  for t, s in zip(scenes, seen, strict=True)])),
-    }
+    return generation_scores(scenes, seen)
 
 
 @torch.no_grad()
