@@ -2,7 +2,7 @@
 
     python docs/benchmark/probe_generation.py [BACKBONE_DIR]
 
-Three measurements, all judged by the committed recogniser:
+Four measurements, all judged by the committed recogniser:
 1. per attribute, on `evaluate-base`'s 100 held-out captions (seed 4321), under the default
    sampler and under other step counts, CFG scales, CFG intervals and timestep shifts;
 2. which marking the model draws for each marking a lone-object caption names (160 captions);
@@ -27,10 +27,10 @@ import torch
 from omnipersona.backbone import load_backbone
 from omnipersona.data import load_image
 from omnipersona.flow import inference_timesteps
-from omnipersona.pipeline import GenerateRequest, OmniPipeline
+from omnipersona.pipeline import OmniPipeline
 from omnipersona.sampler import SamplerConfig, combine_cfg
 from omnipersona.toyworld import RECOGNISER_DIR, tasks
-from omnipersona.toyworld.evaluate import CHUNK, generation_scores
+from omnipersona.toyworld.evaluate import draw_captions, generation_scores
 from omnipersona.toyworld.recogniser import load_recogniser
 from omnipersona.toyworld.world import COLOURS, PATTERNS, SHAPES, SIZES, Scene, random_scene, render
 
@@ -44,15 +44,6 @@ def per_attribute(truths: list[Scene], seen: list[Scene]) -> dict[str, float]:
 def show(label: str, scores: dict[str, float]) -> None:
     keys = ("all", "place", "colour", "shape", "pattern", "size", "count")
     print(f"{label:<36}" + "  ".join(f"{k} {scores[k]:.2f}" for k in keys), flush=True)
-
-
-@torch.no_grad()
-def generate(pipe: OmniPipeline, prompts: list[str], sampler: SamplerConfig) -> list:
-    images = []
-    for i in range(0, len(prompts), CHUNK):
-        batch = [GenerateRequest(p, i + j, sampler) for j, p in enumerate(prompts[i:i + CHUNK])]
-        images += [r.image for r in pipe.generate_batch(batch)]
-    return images
 
 
 @torch.no_grad()
@@ -101,18 +92,17 @@ def main(spec: str = "toy") -> None:
     print("1. per attribute, evaluate-base's 100 captions (seed 4321)")
     rng = np.random.default_rng(4321)
     scenes = [random_scene(rng) for _ in range(100)]
-    prompts = [tasks.caption(s) for s in scenes]
     variants = {"default (25 steps, cfg 4, shift 3)": {}, "50 steps": {"num_steps": 50},
                 "cfg 2": {"cfg_text": 2.0}, "cfg 6": {"cfg_text": 6.0}, "cfg 8": {"cfg_text": 8.0},
                 "cfg over all t": {"cfg_interval": (0.0, 1.0)}, "shift 1": {"shift": 1.0}}
     for label, kw in variants.items():
         sampler = SamplerConfig(**({"num_steps": 25} | kw))
-        show(label, per_attribute(scenes, recogniser.read(generate(pipe, prompts, sampler))))
+        show(label, per_attribute(scenes, draw_captions(pipe, recogniser, scenes, sampler)))
 
     print("\n2. marking drawn (rows) for the marking named (lone objects, 160 captions)")
     rng = np.random.default_rng(7)
     lone = [random_scene(rng, n_objects=1) for _ in range(160)]
-    seen = recogniser.read(generate(pipe, [tasks.caption(s) for s in lone], base))
+    seen = draw_captions(pipe, recogniser, lone, base)
     drawn = collections.Counter((t.objects[0].pattern, s.objects[0].pattern if s.objects else "none")
                                 for t, s in zip(lone, seen, strict=True))
     print(f"{'named':<10}" + "".join(f"{p:>9}" for p in (*PATTERNS, "none")))

@@ -142,18 +142,26 @@ def generation_scores(truths: list[Scene], seen: list[Scene]) -> dict[str, float
 
 
 @torch.no_grad()
+def draw_captions(pipe: OmniPipeline, recogniser: Recogniser, scenes: list[Scene],
+                  sampler: SamplerConfig) -> list[Scene]:
+    """What the recogniser reads in the image generated from each scene's caption (image i from
+    seed i, CHUNK images per batch)."""
+    seen: list[Scene] = []
+    for i in range(0, len(scenes), CHUNK):
+        batch = [GenerateRequest(tasks.caption(s), i + j, sampler) for j, s in enumerate(scenes[i:i + CHUNK])]
+        seen += recogniser.read([r.image for r in pipe.generate_batch(batch)])
+    return seen
+
+
+@torch.no_grad()
 def evaluate_generation(backbone: Backbone, recogniser: Recogniser, n: int = 100, seed: int = 4321,
                         sample_steps: int = 25) -> dict[str, float]:
     """Text-to-image from held-out captions: attribute accuracy (see `generation_attribute_hits`),
     overall and per attribute, and the share of images whose every spoken attribute is right."""
     rng = np.random.default_rng(seed)
-    pipe = OmniPipeline(backbone, recaption=False)
     scenes = [random_scene(rng) for _ in range(n)]
-    sampler = SamplerConfig(num_steps=sample_steps)
-    seen: list[Scene] = []
-    for i in range(0, n, CHUNK):
-        batch = [GenerateRequest(tasks.caption(s), i + j, sampler) for j, s in enumerate(scenes[i:i + CHUNK])]
-        seen += recogniser.read([r.image for r in pipe.generate_batch(batch)])
+    seen = draw_captions(OmniPipeline(backbone, recaption=False), recogniser, scenes,
+                         SamplerConfig(num_steps=sample_steps))
     return generation_scores(scenes, seen)
 
 
