@@ -101,6 +101,21 @@ def test_every_identity_renders_differently():
         assert changed.min() >= 5, (identities[i], identities[i + 1 + int(changed.argmin())])
 
 
+def test_marking_contrast_fades_markings_toward_a_plain_object():
+    rng = np.random.default_rng(3)
+    for i in range(20):
+        scene = random_scene(rng)
+        plain = Scene(scene.place, tuple(ObjectSpec(**{**o.__dict__, "pattern": "plain"}) for o in scene.objects))
+        full = np.asarray(render(scene, 32, seed=i), dtype=float)
+        assert np.array_equal(np.asarray(render(scene, 32, seed=i, marking_contrast=1.0)), full)
+        assert np.array_equal(np.asarray(render(scene, 32, seed=i, marking_contrast=0.0)),
+                              np.asarray(render(plain, 32, seed=i)))
+        half = np.asarray(render(scene, 32, seed=i, marking_contrast=0.5), dtype=float)
+        base = np.asarray(render(plain, 32, seed=i), dtype=float)
+        # markings at half contrast lie halfway between the plain colour and the full marking
+        assert np.abs(half - (full + base) / 2).max() <= 1.0
+
+
 @pytest.mark.parametrize("attribute", ["shape", "colour", "pattern", "size", "position", "place"])
 def test_one_attribute_changes_the_render(attribute):
     rng = np.random.default_rng(1)

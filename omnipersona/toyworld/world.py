@@ -337,7 +337,8 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return ~_dilate(~mask)
 
 
-def _draw_object(img: np.ndarray, obj: ObjectSpec, rng: np.random.Generator | None) -> None:
+def _draw_object(img: np.ndarray, obj: ObjectSpec, rng: np.random.Generator | None,
+                 marking_contrast: float = 1.0) -> None:
     size = img.shape[0]
     scale = size / 32.0
     side = max(3, int(round(SIZE_FRACTION[obj.size] * size)))
@@ -390,18 +391,21 @@ def _draw_object(img: np.ndarray, obj: ObjectSpec, rng: np.random.Generator | No
         outline = _dilate(outline | full, diagonal=True) & ~full
     canvas[outline] = OUTLINE
     canvas[full] = colour
-    canvas[full_mark] = _marking_colour(colour)
+    mark_colour = _marking_colour(colour)
+    canvas[full_mark] = mark_colour if marking_contrast == 1.0 else colour + marking_contrast * (mark_colour - colour)
     img[:] = canvas[pad:-pad, pad:-pad]
 
 
-def render(scene: Scene, size: int = 32, seed: int | None = None) -> Image.Image:
-    """The scene as an RGB image; deterministic for a seed (None: no jitter at all)."""
+def render(scene: Scene, size: int = 32, seed: int | None = None, marking_contrast: float = 1.0) -> Image.Image:
+    """The scene as an RGB image; deterministic for a seed (None: no jitter at all).
+    `marking_contrast` < 1 draws markings fainter (a blend toward the object's colour): the world
+    only has full-contrast ones, but the judge must still read the fainter ones generators draw."""
     img = _background(scene.place, size)
     bg_rng = _rng(seed, 0)
     if bg_rng is not None:
         img = img + bg_rng.uniform(-6, 6, size=3)
     for obj in scene.objects:
-        _draw_object(img, obj, _rng(seed, 1 + POSITIONS.index(obj.position)))
+        _draw_object(img, obj, _rng(seed, 1 + POSITIONS.index(obj.position)), marking_contrast)
     return Image.fromarray(np.clip(np.round(img), 0, 255).astype(np.uint8))
 
 
