@@ -300,7 +300,7 @@ def measure_generation(model: OmniModel, bank: ConceptBank, special: SpecialIds,
         "steps": args.gen_steps,
         "cfg_text": SamplerConfig().cfg_text,
         "sample_s": sig(sample_s),
-        "per_step_ms": round(sample_s / args.gen_steps * 1e3, 2),
+        "per_step_ms": sig(sample_s / args.gen_steps * 1e3),
         "vae_decode_s": sig(decode_s),
         "pixels_shape": list(pixels.shape),
         # the whole sampling loop: context prefill + every Euler step (the steps all cost the same)

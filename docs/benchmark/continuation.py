@@ -32,6 +32,7 @@ class Continuation:
         self.names = list(MIX)
         self.p_task = np.array([MIX[n] for n in self.names], dtype=np.float64)
         self.p_task /= self.p_task.sum()
+        self.model.train()
 
     def score(self) -> dict[str, float]:
         self.model.eval()

@@ -7,9 +7,16 @@ marking cost as much as a wrong colour or more. Scores generation every EVERY st
 captions of the object-weighted experiment (seed 999, no card or benchmark uses them).
 
     python docs/benchmark/experiment_marking_direction_flow.py [GAIN] [STEPS] [EVERY] [OUT]   # 3 2100 350
+    python docs/benchmark/experiment_marking_direction_flow.py --scaled [GAIN] [STEPS] [EVERY] [OUT]
+    python docs/benchmark/experiment_marking_direction_flow.py --measure-weight
 
-GAIN 0 is the plain control; the recipe is `continuation.py`'s. With OUT the weights are saved
-there (the committed backbone's layout) after every score.
+The recipe is `continuation.py`'s; with OUT the weights are saved there (the committed backbone's
+layout) after every score. The marking term averages over marked tokens, the flow loss over all
+generation tokens, so the marking direction counts 1 + GAIN x (generation / marked tokens) times
+what the flow loss alone gives it; `--measure-weight` measures that ratio on 40 batches (0.73 of
+generation tokens pass the 5 % threshold: most background tokens move a little too). `--scaled`
+weights each token by how far the swap moved it instead (see `main`). GAIN 0
+is not the plain continuation step for step: the swaps draw from the same rng as the batches.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from continuation import Continuation  # docs/benchmark/continuation.py
 from omnipersona.backbone import Backbone
 from omnipersona.data import load_image
 from omnipersona.losses import ce_loss
+from omnipersona.model import OmniModel
 from omnipersona.sequence import LossKind
 from omnipersona.toyworld import TOY_BACKBONE_DIR, tasks
 from omnipersona.toyworld.pretrain import Segment, WorldSample, make_sample, pack_world_batch
@@ -43,66 +51,117 @@ def swap_markings(scene: Scene, rng: np.random.Generator) -> Scene:
 
 
 @torch.no_grad()
-def marking_directions(model, pairs: list[tuple[Scene, Scene, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def marking_changes(model: OmniModel, pairs: list[tuple[Scene, Scene, int]], size: int) -> torch.Tensor:
+    """[P, tokens, D]: latent of the swapped render minus latent of the render, per pair."""
+    pixels = torch.stack([load_image(render(s, size, seed=seed), size) for a, b, seed in pairs for s in (a, b)])
+    lat = model.patchify(model.encode_latents(pixels)).float()  # [2P, tokens, D]
+    return lat[1::2] - lat[0::2]
+
+
+@torch.no_grad()
+def marking_directions(model: OmniModel, pairs: list[tuple[Scene, Scene, int]],
+                       size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each (scene, swapped, seed): the unit marking direction per latent token [tokens, D]
     and which tokens have one [tokens] (a change of at least 5 % of the image's largest; elsewhere
     the swap moved nothing), concatenated over the pairs. One VAE call for the whole batch."""
-    pixels = torch.stack([load_image(render(s, size, seed=seed), size) for a, b, seed in pairs for s in (a, b)])
-    lat = model.patchify(model.encode_latents(pixels)).float()  # [2P, tokens, D]
-    delta = lat[1::2] - lat[0::2]
+    delta = marking_changes(model, pairs, size)
     norm = delta.norm(dim=-1)  # [P, tokens]
     has = (norm > 0.05 * norm.amax(dim=1, keepdim=True).clamp(min=1e-6))
     has &= torch.tensor([bool(a.objects) for a, _, _ in pairs])[:, None]
     return (delta / norm.clamp(min=1e-6)[..., None]).flatten(0, 1), has.flatten()
 
 
-def main(gain: float = 3.0, steps: int = 2100, every: int = 350, out: str | None = None) -> None:
+def main(gain: float = 3.0, steps: int = 2100, every: int = 350, out: str | None = None,
+         scaled: bool = False) -> None:
     run = Continuation(steps)
     model, size = run.model, run.size
     grid = size // (model.config.vae_downsample * model.config.latent_patch_size)
     D = model.config.latent_token_dim
     print("start", run.score(), flush=True)
     start = time.monotonic()
-    rng = run.rng
+    tokens = grid * grid
+    shares: list[float] = []  # per step: marked tokens / generation tokens
     for step in range(steps):
-        samples, pairs, targets = [], [], []  # targets: per image target in packing order, its pair or None
-        for name in run.tasks(step):
-            if name == "t2i":
-                seed, scene = int(rng.integers(1 << 30)), random_scene(rng)
-                samples.append(WorldSample([Segment("text", tasks.caption(scene)), Segment("target", image=0)],
-                                           [render(scene, size, seed=seed)], "t2i"))
-                targets.append(len(pairs))
-                pairs.append((scene, swap_markings(scene, rng), seed))
-            else:
-                samples.append(make_sample(name, rng, size))
-                if any(s.kind == "target" for s in samples[-1].segments):
-                    targets.append(None)
-        seq = pack_world_batch(run.backbone, samples, run.generator, run.cfg.timestep_shift, size)
+        seq, has_direction, direction = marked_batch(run, step, tokens, scaled)
         hidden, _ = model(seq, None)
         ce = ce_loss(model.logits(hidden[seq.ce_index], None), seq.ce_labels)
-        e = model.velocity(hidden[seq.mse_index]).float() - seq.mse_target.float()  # [tokens, D]
-        err = e.pow(2).mean(-1)
-        found = marking_directions(model, pairs, size) if pairs else None
-        direction = torch.zeros(len(targets) * grid * grid, D)
-        marked = torch.zeros(len(targets) * grid * grid, dtype=torch.bool)
-        for k, j in enumerate(targets):
-            if j is not None:
-                rows, src = slice(k * grid * grid, (k + 1) * grid * grid), slice(j * grid * grid, (j + 1) * grid * grid)
-                direction[rows], marked[rows] = found[0][src], found[1][src]
-        assert direction.shape == e.shape, (direction.shape, e.shape)
+        velocity_error = model.velocity(hidden[seq.mse_index]).float() - seq.mse_target.float()  # [tokens, D]
+        assert direction.shape == velocity_error.shape, (direction.shape, velocity_error.shape)
+        err = velocity_error.pow(2).mean(-1)
         is_gen = seq.mse_kind == LossKind.GENERATION
         gen = err[is_gen].mean() if is_gen.any() else err.sum() * 0
-        # (e . d)^2 is what a token's mean squared error already holds of that direction, times D.
-        along = (e * direction).sum(-1).pow(2)
-        marking = along[marked].mean() * gain / D if marked.any() else err.sum() * 0
+        # A token's squared error along a unit direction is D times what its mean squared error
+        # holds of it. Unit directions averaged over marked tokens: the marking direction weighs
+        # 1 + GAIN x (generation tokens / marked tokens) as much as in the flow loss (printed).
+        # Scaled: token i's direction weighs 1 + GAIN x |change_i|^2 / mean |change|^2, so tokens
+        # the swap hardly moved (most background ones) keep the plain loss.
+        along = (velocity_error * direction).sum(-1).pow(2)
+        if scaled:
+            marking = along[is_gen].mean() * gain / D if is_gen.any() else err.sum() * 0
+        else:
+            marking = along[has_direction].mean() * gain / D if has_direction.any() else err.sum() * 0
         edit = err[~is_gen].mean() if (~is_gen).any() else err.sum() * 0
-        loss = ce + gen + marking + edit
-        run.update(loss)
+        run.update(ce + gen + marking + edit)
+        shares.append(float(has_direction.sum()) / max(1, int(is_gen.sum())))
         if (step + 1) % every == 0:
+            weight = 1 + gain / max(np.mean(shares), 1e-6)
             print(step + 1, f"{time.monotonic() - start:.0f}s", run.score(),
-                  f"ce {ce.item():.3f} gen {gen.item():.3f} marking {marking.item():.3f}", flush=True)
+                  f"ce {ce.item():.3f} gen {gen.item():.3f} marking {marking.item():.3f}"
+                  f" weight along markings {weight:.1f}", flush=True)
             if out:
                 save(run.backbone, Path(out))
+
+
+def marked_batch(run: Continuation, step: int, tokens: int, scaled: bool = False):
+    """The step's packed batch, which of its flow-target tokens carry a marking direction [N],
+    and those directions [N, D] (zero elsewhere: edit and naming targets, empty scenes). Scaled:
+    each token's latent change itself, divided by the root mean square over generation tokens."""
+    rng, size = run.rng, run.size
+    samples, pairs, pair_of_target = [], [], []  # per image target in packing order: its pair or None
+    for name in run.tasks(step):
+        if name == "t2i":
+            seed, scene = int(rng.integers(1 << 30)), random_scene(rng)
+            samples.append(WorldSample([Segment("text", tasks.caption(scene)), Segment("target", image=0)],
+                                       [render(scene, size, seed=seed)], "t2i"))
+            pair_of_target.append(len(pairs))
+            pairs.append((scene, swap_markings(scene, rng), seed))
+        else:
+            samples.append(make_sample(name, rng, size))
+            if any(s.kind == "target" for s in samples[-1].segments):
+                pair_of_target.append(None)
+    seq = pack_world_batch(run.backbone, samples, run.generator, run.cfg.timestep_shift, size)
+    D = run.model.config.latent_token_dim
+    direction = torch.zeros(len(pair_of_target) * tokens, D)
+    has_direction = torch.zeros(len(pair_of_target) * tokens, dtype=torch.bool)
+    if pairs:
+        if scaled:
+            pair_directions = marking_changes(run.model, pairs, size).flatten(0, 1)
+            pair_has = pair_directions.norm(dim=-1) > 0
+        else:
+            pair_directions, pair_has = marking_directions(run.model, pairs, size)
+        for target, pair in enumerate(pair_of_target):
+            if pair is not None:
+                rows, src = slice(target * tokens, (target + 1) * tokens), slice(pair * tokens, (pair + 1) * tokens)
+                direction[rows], has_direction[rows] = pair_directions[src], pair_has[src]
+        if scaled:
+            is_gen = seq.mse_kind == LossKind.GENERATION
+            direction /= direction[is_gen].pow(2).sum(-1).mean().sqrt().clamp(min=1e-6)
+    return seq, has_direction, direction
+
+
+def measure_weight(batches: int = 40) -> None:
+    """Marked tokens per generation token over `batches` of the recipe's batches (no training)."""
+    run = Continuation(batches)
+    grid = run.size // (run.model.config.vae_downsample * run.model.config.latent_patch_size)
+    marked = gen = 0
+    with torch.no_grad():
+        for step in range(batches):
+            seq, has_direction, _ = marked_batch(run, step, grid * grid)
+            marked += int(has_direction.sum())
+            gen += int((seq.mse_kind == LossKind.GENERATION).sum())
+    share = marked / gen
+    print(f"{marked} marked of {gen} generation tokens ({share:.3f}): the marking direction's weight is "
+          f"1 + GAIN x {1 / share:.1f} (GAIN 3: {1 + 3 / share:.0f}, GAIN 20: {1 + 20 / share:.0f})")
 
 
 def save(backbone: Backbone, out: Path) -> None:
@@ -114,4 +173,9 @@ def save(backbone: Backbone, out: Path) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(float(args[0]) if args else 3.0, *(int(a) for a in args[1:3]), *(args[3:4]))
+    if args[:1] == ["--measure-weight"]:
+        measure_weight()
+        sys.exit()
+    scaled = "--scaled" in args
+    args = [a for a in args if a != "--scaled"]
+    main(float(args[0]) if args else 3.0, *(int(a) for a in args[1:3]), *(args[3:4] or [None]), scaled=scaled)

@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..backbone import Backbone
 from ..data import load_image
@@ -142,15 +143,19 @@ def generation_scores(truths: list[Scene], seen: list[Scene]) -> dict[str, float
 
 
 @torch.no_grad()
-def draw_captions(pipe: OmniPipeline, recogniser: Recogniser, scenes: list[Scene],
-                  sampler: SamplerConfig) -> list[Scene]:
-    """What the recogniser reads in the image generated from each scene's caption (image i from
-    seed i, CHUNK images per batch)."""
-    seen: list[Scene] = []
+def caption_images(pipe: OmniPipeline, scenes: list[Scene], sampler: SamplerConfig) -> list[Image.Image]:
+    """The image generated from each scene's caption (image i from seed i, CHUNK per batch)."""
+    images: list[Image.Image] = []
     for i in range(0, len(scenes), CHUNK):
         batch = [GenerateRequest(tasks.caption(s), i + j, sampler) for j, s in enumerate(scenes[i:i + CHUNK])]
-        seen += recogniser.read([r.image for r in pipe.generate_batch(batch)])
-    return seen
+        images += [r.image for r in pipe.generate_batch(batch)]
+    return images
+
+
+def draw_captions(pipe: OmniPipeline, recogniser: Recogniser, scenes: list[Scene],
+                  sampler: SamplerConfig) -> list[Scene]:
+    """What the recogniser reads in the image generated from each scene's caption."""
+    return recogniser.read(caption_images(pipe, scenes, sampler))
 
 
 @torch.no_grad()

@@ -91,14 +91,17 @@ def _targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
 
 
 def _batch(rng: np.random.Generator, n: int, size: int = 32,
-           marking_contrast: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, list[Scene]]:
-    """`n` fresh renders, each with its markings' contrast drawn uniformly from `marking_contrast`."""
+           marking_contrast: tuple[float, float] | None = None) -> tuple[torch.Tensor, list[Scene]]:
+    """`n` fresh renders; with `marking_contrast` (lo, hi), each draws its markings' contrast
+    uniformly from that range. Without it no contrast is drawn, so the rng runs as it did when
+    the committed judge was trained (its weights stay reproducible)."""
     scenes = [random_scene(rng) for _ in range(n)]
-    lo, hi = marking_contrast
-    pixels = torch.stack([load_image(render(s, size, seed=int(rng.integers(1 << 30)),
-                                            marking_contrast=float(rng.uniform(lo, hi)) if lo < hi else lo), 32)
-                          for s in scenes])
-    return pixels, scenes
+    pixels = []
+    for s in scenes:
+        seed = int(rng.integers(1 << 30))
+        contrast = 1.0 if marking_contrast is None else float(rng.uniform(*marking_contrast))
+        pixels.append(load_image(render(s, size, seed=seed, marking_contrast=contrast), 32))
+    return torch.stack(pixels), scenes
 
 
 def recogniser_loss(model: Recogniser, pixels: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
@@ -135,8 +138,7 @@ def train_recogniser(steps: int = 3000, batch_size: int = 64, seed: int = 0,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     model.train()
     for step in range(steps):
-        faint = faint_markings is not None and step % 2 == 1
-        pixels, scenes = _batch(rng, batch_size, marking_contrast=faint_markings if faint else (1.0, 1.0))
+        pixels, scenes = _batch(rng, batch_size, marking_contrast=faint_markings if step % 2 == 1 else None)
         if rng.random() < 0.5:  # generators' images are a little noisy; keep the judge robust to it
             pixels = (pixels + 0.06 * torch.randn_like(pixels)).clamp(-1, 1)
         loss = recogniser_loss(model, pixels, scenes)

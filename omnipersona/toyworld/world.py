@@ -392,6 +392,7 @@ def _draw_object(img: np.ndarray, obj: ObjectSpec, rng: np.random.Generator | No
     canvas[outline] = OUTLINE
     canvas[full] = colour
     mark_colour = _marking_colour(colour)
+    # Full contrast skips the blend so every render stays bit-exact with the ones weights were trained on.
     canvas[full_mark] = mark_colour if marking_contrast == 1.0 else colour + marking_contrast * (mark_colour - colour)
     img[:] = canvas[pad:-pad, pad:-pad]
 
