@@ -8,7 +8,7 @@ captions of the object-weighted experiment (seed 999, no card or benchmark uses 
 
     python docs/benchmark/experiment_marking_direction_flow.py [GAIN] [STEPS] [EVERY] [OUT]   # 3 2100 350
     python docs/benchmark/experiment_marking_direction_flow.py --scaled [GAIN] [STEPS] [EVERY] [OUT]
-    python docs/benchmark/experiment_marking_direction_flow.py --measure-weight
+    python docs/benchmark/experiment_marking_direction_flow.py [--scaled] --measure-weight
 
 The recipe is `continuation.py`'s; with OUT the weights are saved there (the committed backbone's
 layout) after every score. The marking term averages over marked tokens, the flow loss over all
@@ -104,10 +104,9 @@ def main(gain: float = 3.0, steps: int = 2100, every: int = 350, out: str | None
         run.update(ce + gen + marking + edit)
         shares.append(float(has_direction.sum()) / max(1, int(is_gen.sum())))
         if (step + 1) % every == 0:
-            weight = 1 + gain / max(np.mean(shares), 1e-6)
+            weight = "" if scaled else f" weight along markings {1 + gain / max(np.mean(shares), 1e-6):.1f}"
             print(step + 1, f"{time.monotonic() - start:.0f}s", run.score(),
-                  f"ce {ce.item():.3f} gen {gen.item():.3f} marking {marking.item():.3f}"
-                  f" weight along markings {weight:.1f}", flush=True)
+                  f"ce {ce.item():.3f} gen {gen.item():.3f} marking {marking.item():.3f}{weight}", flush=True)
             if out:
                 save(run.backbone, Path(out))
 
@@ -149,18 +148,27 @@ def marked_batch(run: Continuation, step: int, tokens: int, scaled: bool = False
     return seq, has_direction, direction
 
 
-def measure_weight(batches: int = 40) -> None:
-    """Marked tokens per generation token over `batches` of the recipe's batches (no training)."""
+def measure_weight(scaled: bool = False, batches: int = 40) -> None:
+    """What the marking term weighs, over `batches` of the recipe's batches (no training): unit
+    directions, the share of generation tokens that carry one; scaled, how the weight
+    1 + GAIN x |change|^2 / mean |change|^2 spreads over generation tokens."""
     run = Continuation(batches)
     grid = run.size // (run.model.config.vae_downsample * run.model.config.latent_patch_size)
-    marked = gen = 0
+    marked, ratios = 0, []
     with torch.no_grad():
         for step in range(batches):
-            seq, has_direction, _ = marked_batch(run, step, grid * grid)
-            marked += int(has_direction.sum())
-            gen += int((seq.mse_kind == LossKind.GENERATION).sum())
-    share = marked / gen
-    print(f"{marked} marked of {gen} generation tokens ({share:.3f}): the marking direction's weight is "
+            seq, has_direction, direction = marked_batch(run, step, grid * grid, scaled)
+            is_gen = seq.mse_kind == LossKind.GENERATION
+            marked += int(has_direction[is_gen].sum())
+            ratios.append(direction[is_gen].pow(2).sum(-1))
+    ratio = torch.cat(ratios)
+    if scaled:
+        q = {p: float(ratio.quantile(p / 100)) for p in (50, 90, 97, 99)}
+        print(f"|change|^2 / mean over {ratio.numel()} generation tokens: "
+              + ", ".join(f"{p}th percentile {v:.2f}" for p, v in q.items()) + f", max {float(ratio.max()):.1f}")
+        return
+    share = marked / ratio.numel()
+    print(f"{marked} marked of {ratio.numel()} generation tokens ({share:.3f}): the marking direction's weight is "
           f"1 + GAIN x {1 / share:.1f} (GAIN 3: {1 + 3 / share:.0f}, GAIN 20: {1 + 20 / share:.0f})")
 
 
@@ -173,9 +181,9 @@ def save(backbone: Backbone, out: Path) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args[:1] == ["--measure-weight"]:
-        measure_weight()
-        sys.exit()
     scaled = "--scaled" in args
     args = [a for a in args if a != "--scaled"]
+    if args[:1] == ["--measure-weight"]:
+        measure_weight(scaled)
+        sys.exit()
     main(float(args[0]) if args else 3.0, *(int(a) for a in args[1:3]), *(args[3:4] or [None]), scaled=scaled)
