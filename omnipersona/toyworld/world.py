@@ -399,8 +399,9 @@ def _draw_object(img: np.ndarray, obj: ObjectSpec, rng: np.random.Generator | No
 
 def render(scene: Scene, size: int = 32, seed: int | None = None, marking_contrast: float = 1.0) -> Image.Image:
     """The scene as an RGB image; deterministic for a seed (None: no jitter at all).
-    `marking_contrast` < 1 draws markings fainter (a blend toward the object's colour): the world
-    only has full-contrast ones, but the judge must still read the fainter ones generators draw."""
+    `marking_contrast` < 1 draws markings fainter (a blend toward the object's colour). The world's
+    markings are full contrast; fainter ones are for probing judges on the faint ones generators
+    draw (docs/benchmark/probe_judge.py)."""
     img = _background(scene.place, size)
     bg_rng = _rng(seed, 0)
     if bg_rng is not None:
