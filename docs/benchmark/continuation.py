@@ -22,6 +22,8 @@ class Continuation:
         self.backbone = Backbone.load(TOY_BACKBONE_DIR)
         self.recogniser, _ = load_recogniser(RECOGNISER_DIR)
         self.model, self.size = self.backbone.model, self.backbone.config.image_size
+        # latent tokens a side
+        self.grid = self.size // (self.model.config.vae_downsample * self.model.config.latent_patch_size)
         self.cfg = PretrainConfig(seed=29, batch_size=32, lr=3e-4, steps=steps, mix=MIX)
         self.params = trainable_parameters(self.model, train_vit=False)
         for p in self.params:

@@ -62,8 +62,9 @@ def marking_changes(model: OmniModel, pairs: list[tuple[Scene, Scene, int]], siz
 def marking_directions(model: OmniModel, pairs: list[tuple[Scene, Scene, int]],
                        size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each (scene, swapped, seed): the unit marking direction per latent token [tokens, D]
-    and which tokens have one [tokens] (a change of at least 5 % of the image's largest; elsewhere
-    the swap moved nothing), concatenated over the pairs. One VAE call for the whole batch."""
+    and which tokens count as having one [tokens] (moved by at least 5 % of the image's most-moved
+    token: 0.73 of them, background included, see `measure_weight`), concatenated over the pairs.
+    One VAE call for the whole batch."""
     delta = marking_changes(model, pairs, size)
     norm = delta.norm(dim=-1)  # [P, tokens]
     has = (norm > 0.05 * norm.amax(dim=1, keepdim=True).clamp(min=1e-6))
@@ -74,8 +75,7 @@ def marking_directions(model: OmniModel, pairs: list[tuple[Scene, Scene, int]],
 def main(gain: float = 3.0, steps: int = 2100, every: int = 350, out: str | None = None,
          scaled: bool = False) -> None:
     run = Continuation(steps)
-    model, size = run.model, run.size
-    grid = size // (model.config.vae_downsample * model.config.latent_patch_size)
+    model, grid = run.model, run.grid
     D = model.config.latent_token_dim
     print("start", run.score(), flush=True)
     start = time.monotonic()
@@ -153,7 +153,7 @@ def measure_weight(scaled: bool = False, batches: int = 40) -> None:
     directions, the share of generation tokens that carry one; scaled, how the weight
     1 + GAIN x |change|^2 / mean |change|^2 spreads over generation tokens."""
     run = Continuation(batches)
-    grid = run.size // (run.model.config.vae_downsample * run.model.config.latent_patch_size)
+    grid = run.grid
     marked, ratios = 0, []
     with torch.no_grad():
         for step in range(batches):

@@ -36,7 +36,7 @@ def object_share(scene: Scene, seed: int, size: int, grid: int) -> np.ndarray:
 def main(lam: float = 4.0, steps: int = 3000, every: int = 350) -> None:
     run = Continuation(steps)
     model, size = run.model, run.size
-    grid = size // (model.config.vae_downsample * model.config.latent_patch_size)
+    grid = run.grid
     print("start", run.score(), flush=True)
     start = time.monotonic()
     rng = run.rng
