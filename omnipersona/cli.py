@@ -310,6 +310,7 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     cfg.vit_steps = args.vit_steps or cfg.vit_steps
     cfg.batch_size = args.batch_size or cfg.batch_size
     cfg.lr = args.lr or cfg.lr
+    cfg.generation_only = args.generation_only
     for item in args.mix or []:
         task, _, weight = item.partition("=")
         if task not in cfg.mix:
@@ -506,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.add_argument("--init", metavar="DIR", help="continue stage 2 from a saved run (skips the VAE stage)")
     p.add_argument("--mix", nargs="+", metavar="TASK=WEIGHT", help="override task weights of the batch mix")
+    p.add_argument("--generation-only", action="store_true",
+                   help="train only the generation expert (understanding stays exactly as --init left it)")
     p.set_defaults(func=cmd_pretrain_toy)
 
     p = sub.add_parser("train-recogniser", help="train the toy world's image reader (the benchmark's judge)")

@@ -112,6 +112,49 @@ def test_backbone_stage_keeps_the_vit_as_stage_1b_left_it():
     assert not all(torch.equal(after[n], p) for n, p in vit.items())
 
 
+def test_single_object_text_to_image_names_the_marking_of_its_one_object():
+    from omnipersona.toyworld.world import SIZES
+
+    rng = np.random.default_rng(3)
+    samples = [make_sample("t2i_single", rng, 32) for _ in range(40)]
+    captions = [s.segments[0].text for s in samples]
+    assert all(s.task == "t2i_single" and len(s.images) == 1 and s.segments[1].kind == "target" for s in samples)
+    assert all(" and " not in c and " , " not in c for c in captions)  # one object each
+    assert any(w in c for c in captions for w in ("dotted", "striped", "ringed"))
+    assert {"t2i_single": 0.0}.items() <= PretrainConfig().mix.items()  # off unless a run asks for it
+    # the world's one-object caption: only that one names the size
+    assert all(any(f" {size} " in f" {c} " for size in SIZES) for c in captions)
+
+
+def test_generation_only_run_leaves_understanding_exactly_as_it_was():
+    bb = new_toy_backbone(seed=0)
+    rng = np.random.default_rng(2)
+    understanding = [make_sample(t, rng, 32) for t in ("vqa", "caption", "naming", "recaption")]
+    t2i = [make_sample("t2i", rng, 32)]
+
+    def outputs():
+        with torch.no_grad():
+            seq = pack_world_batch(bb, understanding, torch.Generator().manual_seed(0), 1.0, 32)
+            hidden, _ = bb.model(seq, None)
+            logits = bb.model.logits(hidden[seq.ce_index], None)
+            seq = pack_world_batch(bb, t2i, torch.Generator().manual_seed(0), 1.0, 32)
+            hidden, _ = bb.model(seq, None)
+            return logits, bb.model.velocity(hidden[seq.mse_index])
+
+    logits, velocity = outputs()
+    pretrain_backbone(bb, PretrainConfig(steps=3, batch_size=4, warmup=1, generation_only=True,
+                                         mix={"t2i": 1.0, "edit": 1.0, "vqa": 1.0}))
+    after_logits, after_velocity = outputs()
+    assert torch.equal(logits, after_logits)  # VQA, captions, naming, recaptioning: bit for bit
+    assert (after_velocity - velocity).abs().max() > 1e-4  # while generation moved on
+    names = {n for n, _ in bb.model.named_parameters()}
+    trained = {n for n, p in bb.model.named_parameters() if any(p is q for q in
+               trainable_parameters(bb.model, generation_only=True))}
+    assert trained and all("_moe_gen" in n or n.split(".")[0] in ("vae2llm", "llm2vae", "time_embedder")
+                           for n in trained)
+    assert "language_model.model.embed_tokens.weight" in names - trained
+
+
 def test_continued_run_starts_from_saved_weights_and_keeps_every_run_on_record(tmp_path):
     from omnipersona.backbone import Backbone
     from omnipersona.toyworld.pretrain import pretrain_toy

@@ -282,3 +282,13 @@ def test_every_generated_word_is_in_the_vocabulary_and_captions_are_short():
     # the recaptioning placeholder is a single token; special tokens survive
     assert tok.tokenize("draw <x> at the beach") == ["draw", "<x>", "at", "the", "beach"]
     assert tok.convert_tokens_to_ids("<|vision_start|>") != unk
+
+
+def test_every_marking_names_the_markings_a_three_object_caption_leaves_out():
+    scene = Scene("snow", (ObjectSpec("star", "red", "dotted", "large", "top left"),
+                           ObjectSpec("circle", "blue", "plain", "small", "bottom right"),
+                           ObjectSpec("square", "green", "ringed", "small", "top right")))
+    assert caption(scene) == "a red star , a blue circle , a green square at the snow"
+    assert caption(scene, every_marking=True) == "a red dotted star , a blue circle , a green ringed square at the snow"
+    lone = Scene("snow", scene.objects[:1])
+    assert caption(lone, every_marking=True) == caption(lone) == "a large red dotted star at the snow"

@@ -10,6 +10,8 @@ weight of the MoT on a mix of world tasks, drawn fresh every step:
 
 - caption / vqa: ViT(image) + question -> answer (understanding expert, CE);
 - t2i: caption -> noised latents of the image (generation expert, flow MSE);
+- t2i_single: the same on scenes of one object, whose caption names every attribute: without
+  them the generator never learned to listen to the marking word (docs/benchmark.md);
 - edit: clean VAE + ViT of the source + instruction -> noised target (flow MSE);
 - recaption: the three text tasks of explicit knowledge recaptioning (CE);
 - naming: in-context definitions ("n5 is a large red dotted star ; its home is the beach .")
@@ -78,10 +80,15 @@ class PretrainConfig:
     # Keep the ViT and connector as stage 1b left them: trained on in stage 2, the LLM's loss
     # washed their shape reading out (a fresh linear readout per patch fell from 0.95 to 0.40).
     freeze_vit: bool = True
+    # Train only the generation expert and the latent in/out layers: understanding (VQA, naming,
+    # recaptioning, captions) then stays exactly as the run before left it, since text and ViT
+    # tokens that come before any latent never pass through a generation weight.
+    generation_only: bool = False
     # Relative frequency of each task in a batch; naming is weighted up (DESIGN: recognition of
     # concept tokens hooks into it).
     mix: dict[str, float] = field(default_factory=lambda: {
-        "caption": 1.5, "vqa": 4.5, "t2i": 3.0, "edit": 2.0, "recaption": 1.0, "naming": 3.5})
+        "caption": 1.5, "vqa": 4.5, "t2i": 3.0, "edit": 2.0, "recaption": 1.0, "naming": 3.5,
+        "t2i_single": 0.0})
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -228,8 +235,8 @@ def _text_task(t: tasks.TextTask) -> list[Segment]:
 
 def make_sample(task: str, rng: np.random.Generator, size: int) -> WorldSample:
     seed = int(rng.integers(1 << 30))
-    if task in ("caption", "vqa", "t2i"):
-        scene = random_scene(rng)
+    if task in ("caption", "vqa", "t2i", "t2i_single"):
+        scene = random_scene(rng, n_objects=1 if task == "t2i_single" else None)
         img = render(scene, size, seed=seed)
         if task == "caption":
             segs = [Segment("vit", image=0), Segment("text", tasks.CAPTION_QUESTION),
@@ -292,8 +299,16 @@ def pack_world_batch(backbone: Backbone, samples: list[WorldSample], generator: 
     return pack_segments(model, bank, backbone.special_ids, segments, encoded, generator, timestep_shift)
 
 
-def trainable_parameters(model: OmniModel, train_vit: bool = True) -> list[torch.nn.Parameter]:
-    """Everything but the VAE and the fixed sin-cos tables (and the ViT + connector unless `train_vit`)."""
+GENERATION_LAYERS = ("vae2llm.", "llm2vae.", "time_embedder.")
+
+
+def trainable_parameters(model: OmniModel, train_vit: bool = True,
+                         generation_only: bool = False) -> list[torch.nn.Parameter]:
+    """Everything but the VAE and the fixed sin-cos tables (and the ViT + connector unless
+    `train_vit`); with `generation_only`, only the generation expert's weights (`*_moe_gen`) and
+    the layers into and out of the latent space."""
+    if generation_only:
+        return [p for n, p in model.named_parameters() if "_moe_gen" in n or n.startswith(GENERATION_LAYERS)]
     frozen = ("vae.",) if train_vit else ("vae.", "vit_model.", "connector.")
     return [p for n, p in model.named_parameters() if not n.startswith(frozen) and "pos_embed.pos_embed" not in n]
 
@@ -302,7 +317,7 @@ def pretrain_backbone(backbone: Backbone, cfg: PretrainConfig, progress: Progres
                       deadline: float | None = None) -> list[dict]:
     """Stage 2. Stops early (keeping what it learned) at `deadline` (time.monotonic())."""
     model = backbone.model
-    params = trainable_parameters(model, train_vit=not cfg.freeze_vit)
+    params = trainable_parameters(model, train_vit=not cfg.freeze_vit, generation_only=cfg.generation_only)
     for p in params:
         p.requires_grad_(True)
     model.train()

@@ -172,9 +172,10 @@ def refer(scene: Scene, index: int, exclude: tuple[str, ...] = (), rng: np.rando
 
 
 # -- captions ---------------------------------------------------------------------------------
-def caption(scene: Scene, names: dict[int, str] | None = None) -> str:
+def caption(scene: Scene, names: dict[int, str] | None = None, every_marking: bool = False) -> str:
     """A short caption: one object with every attribute, two without size, three by colour and
-    shape only; `names` replaces objects by a name (e.g. {0: '<sks>'})."""
+    shape only; `names` replaces objects by a name (e.g. {0: '<sks>'}). `every_marking` names the
+    marking of three objects too, so that an unnamed marking always means a plain object."""
     names = names or {}
     n = len(scene.objects)
     parts = []
@@ -182,7 +183,7 @@ def caption(scene: Scene, names: dict[int, str] | None = None) -> str:
         if i in names:
             parts.append(names[i])
         else:
-            parts.append(object_phrase(obj, size=n == 1, pattern=n <= 2))
+            parts.append(object_phrase(obj, size=n == 1, pattern=n <= 2 or every_marking))
     where = f"at {place_phrase(scene.place)}"
     if not parts:
         return place_phrase(scene.place)

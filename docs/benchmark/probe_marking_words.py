@@ -1,0 +1,104 @@
+"""Does the generator listen to the marking word? (docs/benchmark.md)
+
+    python docs/benchmark/probe_marking_words.py [BACKBONE_DIR]
+
+For 96 lone-object scenes (seed 5), each with a twin that differs in the marking only (and one
+that differs in the colour only), the model's clean-image estimate x0_hat = x_t - t v(x_t, caption)
+is computed at noise level t from the same x_t (the scene's own render, noised) under the scene's
+caption and under its twin's. The *word response* is how far changing the word moves the estimate
+toward the twin's render, along the line between the two renders' latents:
+
+    <x0_hat(twin caption) - x0_hat(own caption), z_twin - z_own> / |z_twin - z_own|^2
+
+1 means the estimate follows the word all the way, 0 that the word changes nothing. It needs no
+sampling and no judge, so it is a quick and low-noise reading (one standard error about 0.003)
+of whether the text reaches the image, where the judge's marking accuracy on 160 captions has a
+standard error near 0.04. No CFG: with text CFG at scale s the sampler's response is s times this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+import torch
+
+from omnipersona.backbone import Backbone, load_backbone
+from omnipersona.data import load_image
+from omnipersona.pipeline import OmniPipeline
+from omnipersona.toyworld import tasks
+from omnipersona.toyworld.world import COLOURS, PATTERNS, Scene, random_scene, render
+
+NOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
+
+
+def twins(n: int = 96, seed: int = 5) -> tuple[list[Scene], dict[str, list[Scene]]]:
+    """Lone-object scenes and, per attribute, the same scene with that attribute changed."""
+    rng = np.random.default_rng(seed)
+    scenes, changed = [], {"pattern": [], "colour": []}
+    for _ in range(n):
+        scene = random_scene(rng, n_objects=1)
+        obj = scene.objects[0]
+        scenes.append(scene)
+        for field, pool in (("pattern", PATTERNS), ("colour", tuple(COLOURS))):
+            others = [p for p in pool if p != getattr(obj, field)]
+            twin = dataclasses.replace(obj, **{field: others[int(rng.integers(len(others)))]})
+            changed[field].append(dataclasses.replace(scene, objects=(twin,)))
+    return scenes, changed
+
+
+@torch.no_grad()
+def word_response(backbone: Backbone, noise_levels: tuple[float, ...] = NOISE_LEVELS) -> dict[str, list[float]]:
+    """Per attribute ('pattern', 'colour') and noise level: the mean word response and its
+    standard error, as [mean, se] pairs in `noise_levels` order."""
+    model, size = backbone.model, backbone.config.image_size
+    was_training = model.training
+    model.eval()
+    pipe = OmniPipeline(backbone, recaption=False)
+    runner = pipe.runner
+    scenes, changed = twins()
+
+    def latents(batch: list[Scene]) -> torch.Tensor:  # [N, tokens, D]; render i from seed i
+        pixels = torch.stack([load_image(render(s, size, seed=i), size) for i, s in enumerate(batch)])
+        return model.patchify(model.encode_latents(pixels))
+
+    def estimate(batch: list[Scene], x_t: torch.Tensor, t: float) -> torch.Tensor:
+        contexts = [pipe._system_blocks(tasks.caption(s)) + [pipe._text(tasks.caption(s))] for s in batch]
+        past, positions = runner.prefill(contexts)
+        b = runner.builder()
+        index = []
+        for k in range(len(contexts)):
+            b.start_sample(positions[k])
+            index.append(b.add_latent(x_t[k], pos, t=t, noised=True))
+        hidden, _ = runner.run(b.build(), past.per_sample(len(contexts)))
+        v = model.velocity(hidden[torch.tensor(index).reshape(-1)]).reshape(x_t.shape)
+        return x_t - t * v
+
+    own = latents(scenes)
+    side = int(round(own.shape[1] ** 0.5))
+    pos = model.latent_position_ids(side, side)
+    noise = torch.randn(own.shape, generator=torch.Generator().manual_seed(0))
+    out: dict[str, list[float]] = {}
+    for field, batch in changed.items():
+        line = latents(batch) - own
+        for t in noise_levels:
+            x_t = (1 - t) * own + t * noise
+            moved = estimate(batch, x_t, t) - estimate(scenes, x_t, t)
+            r = (moved * line).sum(dim=(1, 2)) / (line * line).sum(dim=(1, 2))
+            out.setdefault(field, []).extend([round(float(r.mean()), 4), round(float(r.std() / len(r) ** 0.5), 4)])
+    model.train(was_training)
+    return out
+
+
+def show(label: str, response: dict[str, list[float]], noise_levels: tuple[float, ...] = NOISE_LEVELS) -> str:
+    return f"{label:<12}" + "  ".join(
+        f"{field} " + " ".join(f"{response[field][2 * i]:.3f}" for i in range(len(noise_levels)))
+        for field in response)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    print(f"word response at t = {', '.join(map(str, NOISE_LEVELS))} (one standard error about 0.003 for markings)")
+    spec = sys.argv[1] if len(sys.argv) > 1 else "toy"
+    print(show(spec, word_response(load_backbone(spec))))
