@@ -1,6 +1,6 @@
 """Does the generator listen to the marking word? (docs/benchmark.md)
 
-    python docs/benchmark/probe_marking_words.py [BACKBONE_DIR]
+    python docs/benchmark/probe_marking_words.py [BACKBONE_DIR] [--sheet PNG]
 
 For 96 lone-object scenes (seed 5), each with a twin that differs in the marking only (and one
 that differs in the colour only), the model's clean-image estimate x0_hat = x_t - t v(x_t, caption)
@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 import torch
+from PIL import Image
 
 from omnipersona.backbone import Backbone, load_backbone
 from omnipersona.data import load_image
@@ -49,46 +50,76 @@ def twins(n: int = 96, seed: int = 5) -> tuple[list[Scene], dict[str, list[Scene
 
 
 @torch.no_grad()
+def clean_estimates(pipe: OmniPipeline, batch: list[Scene], x_t: torch.Tensor, t: float) -> torch.Tensor:
+    """[N, tokens, D]: x0_hat = x_t - t v(x_t, caption of scene i) for each scene of `batch`."""
+    model, runner = pipe.backbone.model, pipe.runner
+    side = int(round(x_t.shape[1] ** 0.5))
+    pos = model.latent_position_ids(side, side)
+    contexts = [pipe._system_blocks(tasks.caption(s)) + [pipe._text(tasks.caption(s))] for s in batch]
+    past, positions = runner.prefill(contexts)
+    b = runner.builder()
+    index = []
+    for k in range(len(contexts)):
+        b.start_sample(positions[k])
+        index.append(b.add_latent(x_t[k], pos, t=t, noised=True))
+    hidden, _ = runner.run(b.build(), past.per_sample(len(contexts)))
+    v = model.velocity(hidden[torch.tensor(index).reshape(-1)]).reshape(x_t.shape)
+    return x_t - t * v
+
+
+def render_latents(backbone: Backbone, batch: list[Scene]) -> torch.Tensor:
+    """[N, tokens, D]: patchified latents of the renders (render i from seed i)."""
+    size = backbone.config.image_size
+    pixels = torch.stack([load_image(render(s, size, seed=i), size) for i, s in enumerate(batch)])
+    return backbone.model.patchify(backbone.model.encode_latents(pixels))
+
+
+@torch.no_grad()
 def word_response(backbone: Backbone, noise_levels: tuple[float, ...] = NOISE_LEVELS) -> dict[str, list[float]]:
     """Per attribute ('pattern', 'colour') and noise level: the mean word response and its
     standard error, as [mean, se] pairs in `noise_levels` order."""
-    model, size = backbone.model, backbone.config.image_size
+    model = backbone.model
     was_training = model.training
     model.eval()
     pipe = OmniPipeline(backbone, recaption=False)
-    runner = pipe.runner
     scenes, changed = twins()
-
-    def latents(batch: list[Scene]) -> torch.Tensor:  # [N, tokens, D]; render i from seed i
-        pixels = torch.stack([load_image(render(s, size, seed=i), size) for i, s in enumerate(batch)])
-        return model.patchify(model.encode_latents(pixels))
-
-    def estimate(batch: list[Scene], x_t: torch.Tensor, t: float) -> torch.Tensor:
-        contexts = [pipe._system_blocks(tasks.caption(s)) + [pipe._text(tasks.caption(s))] for s in batch]
-        past, positions = runner.prefill(contexts)
-        b = runner.builder()
-        index = []
-        for k in range(len(contexts)):
-            b.start_sample(positions[k])
-            index.append(b.add_latent(x_t[k], pos, t=t, noised=True))
-        hidden, _ = runner.run(b.build(), past.per_sample(len(contexts)))
-        v = model.velocity(hidden[torch.tensor(index).reshape(-1)]).reshape(x_t.shape)
-        return x_t - t * v
-
-    own = latents(scenes)
-    side = int(round(own.shape[1] ** 0.5))
-    pos = model.latent_position_ids(side, side)
+    own = render_latents(backbone, scenes)
     noise = torch.randn(own.shape, generator=torch.Generator().manual_seed(0))
     out: dict[str, list[float]] = {}
     for field, batch in changed.items():
-        line = latents(batch) - own
+        line = render_latents(backbone, batch) - own
         for t in noise_levels:
             x_t = (1 - t) * own + t * noise
-            moved = estimate(batch, x_t, t) - estimate(scenes, x_t, t)
+            moved = clean_estimates(pipe, batch, x_t, t) - clean_estimates(pipe, scenes, x_t, t)
             r = (moved * line).sum(dim=(1, 2)) / (line * line).sum(dim=(1, 2))
             out.setdefault(field, []).extend([round(float(r.mean()), 4), round(float(r.std() / len(r) ** 0.5), 4)])
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def estimate_sheet(backbone: Backbone, path: str, n: int = 6, noise_levels: tuple[float, ...] = (0.5, 0.8)) -> None:
+    """A PNG: per noise level and scene (the first `n` twins' scenes), the render, then the model's
+    x0_hat from that render noised to t under the caption naming each marking (PATTERNS order),
+    then the render with each marking: what the word should have changed."""
+    model, size = backbone.model, backbone.config.image_size
+    pipe = OmniPipeline(backbone, recaption=False)
+    scenes = twins()[0][:n]
+    rows = []
+    for t in noise_levels:
+        for scene in scenes:
+            variants = [dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], pattern=p),))
+                        for p in PATTERNS]
+            own = render_latents(backbone, [scene])
+            noise = torch.randn(own.shape, generator=torch.Generator().manual_seed(0))
+            x_t = ((1 - t) * own + t * noise).expand(len(variants), -1, -1)
+            side = int(round(own.shape[1] ** 0.5))
+            decoded = model.decode_latents(model.unpatchify(clean_estimates(pipe, variants, x_t, t), side, side))
+            estimates = [((im.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8) for im in decoded]
+            renders = [np.asarray(render(v, size, seed=0)) for v in (scene, *variants)]
+            rows.append(np.concatenate([renders[0], *estimates, *renders[1:]], axis=1))
+    grid = np.concatenate(rows, axis=0)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
 
 
 def show(label: str, response: dict[str, list[float]], noise_levels: tuple[float, ...] = NOISE_LEVELS) -> str:
@@ -99,6 +130,14 @@ def show(label: str, response: dict[str, list[float]], noise_levels: tuple[float
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
+    args = sys.argv[1:]
+    sheet = args[args.index("--sheet") + 1] if "--sheet" in args else None
+    args = [a for i, a in enumerate(args) if a != "--sheet" and (i == 0 or args[i - 1] != "--sheet")]
+    spec = args[0] if args else "toy"
+    backbone = load_backbone(spec)
     print(f"word response at t = {', '.join(map(str, NOISE_LEVELS))} (one standard error about 0.003 for markings)")
-    spec = sys.argv[1] if len(sys.argv) > 1 else "toy"
-    print(show(spec, word_response(load_backbone(spec))))
+    print(show(spec, word_response(backbone)))
+    if sheet:
+        estimate_sheet(backbone, sheet)
+        print(f"sheet: {sheet} (rows: t = 0.5 then 0.8; columns: render, x0_hat under "
+              f"{' / '.join(PATTERNS)}, renders with each)")

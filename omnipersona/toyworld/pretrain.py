@@ -10,8 +10,9 @@ weight of the MoT on a mix of world tasks, drawn fresh every step:
 
 - caption / vqa: ViT(image) + question -> answer (understanding expert, CE);
 - t2i: caption -> noised latents of the image (generation expert, flow MSE);
-- t2i_single: the same on scenes of one object, whose caption names every attribute: without
-  them the generator never learned to listen to the marking word (docs/benchmark.md);
+- t2i_single: the same on scenes of one object, whose caption names all its attributes (off in
+  the default mix; batches of it teach the generator what a marking word asks for, which the
+  usual mix barely does: docs/benchmark.md);
 - edit: clean VAE + ViT of the source + instruction -> noised target (flow MSE);
 - recaption: the three text tasks of explicit knowledge recaptioning (CE);
 - naming: in-context definitions ("n5 is a large red dotted star ; its home is the beach .")
