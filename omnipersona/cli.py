@@ -311,6 +311,8 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     cfg.batch_size = args.batch_size or cfg.batch_size
     cfg.lr = args.lr or cfg.lr
     cfg.generation_only = args.generation_only
+    if cfg.generation_only and not args.init:
+        raise CliError("--generation-only continues a pretrained run: give it --init DIR")
     for item in args.mix or []:
         task, _, weight = item.partition("=")
         if task not in cfg.mix:
@@ -508,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="DIR", help="continue stage 2 from a saved run (skips the VAE stage)")
     p.add_argument("--mix", nargs="+", metavar="TASK=WEIGHT", help="override task weights of the batch mix")
     p.add_argument("--generation-only", action="store_true",
-                   help="train only the generation expert (understanding stays exactly as --init left it)")
+                   help="train only the generation expert (needs --init; the base's VQA, captions, naming and "
+                        "recaptioning stay exactly as --init left them)")
     p.set_defaults(func=cmd_pretrain_toy)
 
     p = sub.add_parser("train-recogniser", help="train the toy world's image reader (the benchmark's judge)")

@@ -7,6 +7,7 @@ import torch
 
 from omnipersona.losses import LossWeights, joint_loss
 from omnipersona.toyworld.pretrain import (
+    GENERATION_LAYERS,
     PretrainConfig,
     make_sample,
     new_toy_backbone,
@@ -141,6 +142,7 @@ def test_generation_only_run_leaves_understanding_exactly_as_it_was():
             hidden, _ = bb.model(seq, None)
             return logits, bb.model.velocity(hidden[seq.mse_index])
 
+    bb.model.eval()
     logits, velocity = outputs()
     pretrain_backbone(bb, PretrainConfig(steps=3, batch_size=4, warmup=1, generation_only=True,
                                          mix={"t2i": 1.0, "edit": 1.0, "vqa": 1.0}))
@@ -150,9 +152,9 @@ def test_generation_only_run_leaves_understanding_exactly_as_it_was():
     names = {n for n, _ in bb.model.named_parameters()}
     trained = {n for n, p in bb.model.named_parameters() if any(p is q for q in
                trainable_parameters(bb.model, generation_only=True))}
-    assert trained and all("_moe_gen" in n or n.split(".")[0] in ("vae2llm", "llm2vae", "time_embedder")
-                           for n in trained)
-    assert "language_model.model.embed_tokens.weight" in names - trained
+    generation = {n for n in names if "_moe_gen" in n or n.startswith(GENERATION_LAYERS)}
+    assert trained == generation and any(n.endswith("norm_moe_gen.weight") for n in trained)
+    assert {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"} <= names - trained
 
 
 def test_continued_run_starts_from_saved_weights_and_keeps_every_run_on_record(tmp_path):
@@ -187,4 +189,6 @@ def test_pretrain_command_continues_a_run_with_the_batch_size_and_rate_it_is_giv
     for bad in (["--lr", "0"], ["--lr", "fast"], ["--batch-size", "0"], ["--mix", "vqa"]):
         assert main(["pretrain-toy", "--out", str(tmp_path / "bad"), *bad]) == 2
     assert "--lr: must be above 0" in capsys.readouterr().err
+    assert main(["pretrain-toy", "--out", str(tmp_path / "bad"), "--generation-only"]) == 2
+    assert "--generation-only continues a pretrained run: give it --init DIR" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -37,7 +37,7 @@ def batch(run: Continuation, step: int, every_marking: bool, lone: bool = False)
     if lone:
         names = ["t2i_single"] * len(names)
     for name in names:
-        if name == "t2i":
+        if name == "t2i":  # make_sample's draws in its order, so both modes see the same scenes
             seed = int(rng.integers(1 << 30))
             scene = random_scene(rng)
             samples.append(WorldSample([Segment("text", tasks.caption(scene, every_marking=every_marking)),

@@ -35,7 +35,8 @@ def changed(scene, field: str, rng: np.random.Generator):
 @torch.no_grad()
 def main(n: int = 400) -> None:
     torch.set_num_threads(2)
-    model = Backbone.load(TOY_BACKBONE_DIR).model
+    backbone = Backbone.load(TOY_BACKBONE_DIR)
+    model, size = backbone.model, backbone.config.image_size
     rng = np.random.default_rng(0)
     base, diffs = [], {k: [] for k in POOLS}
     for _ in range(0, n, 50):
@@ -43,7 +44,7 @@ def main(n: int = 400) -> None:
         seeds = [int(rng.integers(1 << 30)) for _ in scenes]
 
         def encode(batch, seeds=seeds):
-            return model.encode_latents(torch.stack([load_image(render(s, 32, seed=d), 32)
+            return model.encode_latents(torch.stack([load_image(render(s, size, seed=d), size)
                                                      for s, d in zip(batch, seeds, strict=True)])).float()
         z = encode(scenes)
         base.append(z)

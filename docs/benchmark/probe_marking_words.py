@@ -13,13 +13,14 @@ toward the twin's render, along the line between the two renders' latents:
 1 means the estimate follows the word all the way, 0 that the word changes nothing. It needs no
 sampling and no judge, so it is a quick and low-noise reading (one standard error about 0.003)
 of whether the text reaches the image, where the judge's marking accuracy on 160 captions has a
-standard error near 0.04. No CFG: with text CFG at scale s the sampler's response is s times this.
+standard error near 0.04. The velocity is the conditional one, without CFG (the sampler applies
+CFG only for t above 0.4, and renormalises it).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import sys
 
 import numpy as np
 import torch
@@ -86,11 +87,14 @@ def word_response(backbone: Backbone, noise_levels: tuple[float, ...] = NOISE_LE
     own = render_latents(backbone, scenes)
     noise = torch.randn(own.shape, generator=torch.Generator().manual_seed(0))
     out: dict[str, list[float]] = {}
+    own_estimate: dict[float, torch.Tensor] = {}  # per t: under the scenes' own captions
     for field, batch in changed.items():
         line = render_latents(backbone, batch) - own
         for t in noise_levels:
             x_t = (1 - t) * own + t * noise
-            moved = clean_estimates(pipe, batch, x_t, t) - clean_estimates(pipe, scenes, x_t, t)
+            if t not in own_estimate:
+                own_estimate[t] = clean_estimates(pipe, scenes, x_t, t)
+            moved = clean_estimates(pipe, batch, x_t, t) - own_estimate[t]
             r = (moved * line).sum(dim=(1, 2)) / (line * line).sum(dim=(1, 2))
             out.setdefault(field, []).extend([round(float(r.mean()), 4), round(float(r.std() / len(r) ** 0.5), 4)])
     model.train(was_training)
@@ -130,13 +134,16 @@ def show(label: str, response: dict[str, list[float]], noise_levels: tuple[float
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    args = sys.argv[1:]
-    sheet = args[args.index("--sheet") + 1] if "--sheet" in args else None
-    args = [a for i, a in enumerate(args) if a != "--sheet" and (i == 0 or args[i - 1] != "--sheet")]
-    spec = args[0] if args else "toy"
+    parser = argparse.ArgumentParser(description="Does the generator listen to the marking word?")
+    parser.add_argument("backbone", nargs="?", default="toy", help="backbone spec or folder (default: toy)")
+    parser.add_argument("--sheet", metavar="PNG", help="also write the decoded estimates here")
+    args = parser.parse_args()
+    spec, sheet = args.backbone, args.sheet
     backbone = load_backbone(spec)
-    print(f"word response at t = {', '.join(map(str, NOISE_LEVELS))} (one standard error about 0.003 for markings)")
-    print(show(spec, word_response(backbone)))
+    response = word_response(backbone)
+    print(f"word response at t = {', '.join(map(str, NOISE_LEVELS))}; largest standard error "
+          + ", ".join(f"{field} {max(values[1::2]):.3f}" for field, values in response.items()))
+    print(show(spec, response))
     if sheet:
         estimate_sheet(backbone, sheet)
         print(f"sheet: {sheet} (rows: t = 0.5 then 0.8; columns: render, x0_hat under "

@@ -52,11 +52,13 @@ def model_card(folder: str | Path) -> str:
     for i, run in enumerate(runs):
         c = run["config"]
         how = "from scratch" if not run.get("init") else "continued from the run before, fresh schedule"
+        if c.get("generation_only"):
+            how += ", generation expert only"
         lines += [
             f"- stage 2 (MoT), run {i + 1} ({how}): {run['backbone_steps']} of {c['steps']} steps, batch "
             f"{c['batch_size']}, lr {c['lr']} (warm-up {c['warmup']}, cosine to 10%), seed {c['seed']}, "
             f"{run['seconds'] / 60:.1f} min, {run['torch_threads']} torch threads",
-            "  - tasks per batch, by relative weight: " + ", ".join(f"{k} {v}" for k, v in c["mix"].items()),
+            "  - tasks per batch, by relative weight: " + ", ".join(f"{k} {v}" for k, v in c["mix"].items() if v),
         ]
     lines += [
         "",

@@ -81,9 +81,10 @@ class PretrainConfig:
     # Keep the ViT and connector as stage 1b left them: trained on in stage 2, the LLM's loss
     # washed their shape reading out (a fresh linear readout per patch fell from 0.95 to 0.40).
     freeze_vit: bool = True
-    # Train only the generation expert and the latent in/out layers: understanding (VQA, naming,
-    # recaptioning, captions) then stays exactly as the run before left it, since text and ViT
-    # tokens that come before any latent never pass through a generation weight.
+    # Train only the generation expert and the latent in/out layers: the base's understanding (VQA,
+    # naming, recaptioning, captions) then stays exactly as the run before left it, since text and
+    # ViT tokens with no latent or generation concept token before them never pass through a
+    # generation weight. (Contexts that hold a clean latent or a concept's <gen_i> tokens do.)
     generation_only: bool = False
     # Relative frequency of each task in a batch; naming is weighted up (DESIGN: recognition of
     # concept tokens hooks into it).
