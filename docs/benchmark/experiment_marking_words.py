@@ -6,12 +6,13 @@ committed backbone with text-to-image captions that name every object's marking
 (`tasks.caption(..., every_marking=True)`); MODE 'standard' is the same continuation with the
 world's captions (the control: same scenes, same noise, only the captions differ). MODE 'lone'
 makes every example of every batch text-to-image of one object (whose caption always names its
-marking), every weight trained: the most marking words a batch can hold. Every EVERY
+marking), every weight trained: the most marking words a batch can hold. MODE 'alternate' makes
+every other batch such a one-object batch and the rest the recipe's mix. Every EVERY
 steps it prints the word response (`probe_marking_words.py`); at the end, the judge's scores on
 the continuation experiments' 160 captions (which, like the benchmark's, name no marking of three
 objects).
 
-    python docs/benchmark/experiment_marking_words.py named|standard|lone [STEPS] [EVERY] [THREADS]   # 600 150 2
+    python docs/benchmark/experiment_marking_words.py MODE [STEPS] [EVERY] [THREADS]   # 600 150 2
 """
 
 from __future__ import annotations
@@ -48,14 +49,15 @@ def batch(run: Continuation, step: int, every_marking: bool, lone: bool = False)
 
 
 def main(mode: str, steps: int = 600, every: int = 150, threads: int = 2) -> None:
-    if mode not in ("named", "standard", "lone"):
-        raise SystemExit(f"MODE is 'named', 'standard' or 'lone', not {mode!r}")
+    if mode not in ("named", "standard", "lone", "alternate"):
+        raise SystemExit(f"MODE is 'named', 'standard', 'lone' or 'alternate', not {mode!r}")
     run = Continuation(steps)
     torch.set_num_threads(threads)
     print(show("start", word_response(run.backbone)), flush=True)
     start = time.monotonic()
     for step in range(steps):
-        seq = batch(run, step, every_marking=mode == "named", lone=mode == "lone")
+        lone = mode == "lone" or (mode == "alternate" and step % 2 == 0)
+        seq = batch(run, step, every_marking=mode == "named", lone=lone)
         loss, parts = joint_loss(run.model, seq, None, None, run.cfg.loss_weights)
         run.update(loss)
         if (step + 1) % every == 0:
