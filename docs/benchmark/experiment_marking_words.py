@@ -31,14 +31,14 @@ from omnipersona.toyworld.world import random_scene, render
 
 
 def batch(run: Continuation, step: int, every_marking: bool, lone: bool = False):
-    """The recipe's batch (with `lone`, of `make_sample`'s one-object text-to-image only);
-    text-to-image examples drawn as `make_sample` draws them."""
+    """The recipe's batch (with `lone`, of `make_sample`'s one-object text-to-image only); with
+    `every_marking`, its text-to-image captions name every marking, the draws staying the same."""
     rng, size, samples = run.rng, run.size, []
     names = run.tasks(step)
     if lone:
         names = ["t2i_single"] * len(names)
     for name in names:
-        if name == "t2i":  # make_sample's draws in its order, so both modes see the same scenes
+        if name == "t2i" and every_marking:  # make_sample's draws in its order: the control's scenes
             seed = int(rng.integers(1 << 30))
             scene = random_scene(rng)
             samples.append(WorldSample([Segment("text", tasks.caption(scene, every_marking=every_marking)),
