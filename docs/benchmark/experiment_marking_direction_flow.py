@@ -21,7 +21,6 @@ is not the plain continuation step for step: the swaps draw from the same rng as
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from continuation import Continuation  # docs/benchmark/continuation.py
+from probe_marking_words import changed  # docs/benchmark/probe_marking_words.py
 
 from omnipersona.backbone import Backbone
 from omnipersona.data import load_image
@@ -38,16 +38,7 @@ from omnipersona.model import OmniModel
 from omnipersona.sequence import LossKind
 from omnipersona.toyworld import TOY_BACKBONE_DIR, tasks
 from omnipersona.toyworld.pretrain import Segment, WorldSample, make_sample, pack_world_batch
-from omnipersona.toyworld.world import PATTERNS, Scene, random_scene, render
-
-
-def swap_markings(scene: Scene, rng: np.random.Generator) -> Scene:
-    """The scene with each object's marking replaced by a different one, drawn at random."""
-    swapped = []
-    for o in scene.objects:
-        others = [p for p in PATTERNS if p != o.pattern]
-        swapped.append(dataclasses.replace(o, pattern=others[int(rng.integers(len(others)))]))
-    return dataclasses.replace(scene, objects=tuple(swapped))
+from omnipersona.toyworld.world import Scene, random_scene, render
 
 
 @torch.no_grad()
@@ -123,7 +114,7 @@ def marked_batch(run: Continuation, step: int, tokens: int, scaled: bool = False
             samples.append(WorldSample([Segment("text", tasks.caption(scene)), Segment("target", image=0)],
                                        [render(scene, size, seed=seed)], "t2i"))
             pair_of_target.append(len(pairs))
-            pairs.append((scene, swap_markings(scene, rng), seed))
+            pairs.append((scene, changed(scene, "pattern", rng), seed))
         else:
             samples.append(make_sample(name, rng, size))
             if any(s.kind == "target" for s in samples[-1].segments):

@@ -11,25 +11,14 @@ the marking and not the colour or the shape; the printout says how much of each 
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
+from probe_marking_words import POOLS, changed  # docs/benchmark/probe_marking_words.py
 
 from omnipersona.backbone import Backbone
 from omnipersona.data import load_image
 from omnipersona.toyworld import TOY_BACKBONE_DIR
-from omnipersona.toyworld.world import COLOURS, PATTERNS, SHAPES, random_scene, render
-
-POOLS = {"pattern": PATTERNS, "colour": tuple(COLOURS), "shape": SHAPES}
-
-
-def changed(scene, field: str, rng: np.random.Generator):
-    objs = []
-    for o in scene.objects:
-        others = [p for p in POOLS[field] if p != getattr(o, field)]
-        objs.append(dataclasses.replace(o, **{field: others[int(rng.integers(len(others)))]}))
-    return dataclasses.replace(scene, objects=tuple(objs))
+from omnipersona.toyworld.world import random_scene, render
 
 
 @torch.no_grad()

@@ -30,24 +30,34 @@ from omnipersona.backbone import Backbone, load_backbone
 from omnipersona.data import load_image
 from omnipersona.pipeline import OmniPipeline
 from omnipersona.toyworld import tasks
-from omnipersona.toyworld.world import COLOURS, PATTERNS, Scene, random_scene, render
+from omnipersona.toyworld.world import COLOURS, PATTERNS, SHAPES, Scene, random_scene, render
 
 NOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
+
+
+POOLS = {"pattern": PATTERNS, "colour": tuple(COLOURS), "shape": SHAPES}
+
+
+def changed(scene: Scene, field: str, rng: np.random.Generator) -> Scene:
+    """The scene with every object's `field` replaced by another value, drawn at random (one draw
+    per object); the other docs/benchmark scripts that need such twins use this one."""
+    objects = []
+    for o in scene.objects:
+        others = [v for v in POOLS[field] if v != getattr(o, field)]
+        objects.append(dataclasses.replace(o, **{field: others[int(rng.integers(len(others)))]}))
+    return dataclasses.replace(scene, objects=tuple(objects))
 
 
 def twins(n: int = 96, seed: int = 5) -> tuple[list[Scene], dict[str, list[Scene]]]:
     """Lone-object scenes and, per attribute, the same scene with that attribute changed."""
     rng = np.random.default_rng(seed)
-    scenes, changed = [], {"pattern": [], "colour": []}
+    scenes, twin = [], {"pattern": [], "colour": []}
     for _ in range(n):
         scene = random_scene(rng, n_objects=1)
-        obj = scene.objects[0]
         scenes.append(scene)
-        for field, pool in (("pattern", PATTERNS), ("colour", tuple(COLOURS))):
-            others = [p for p in pool if p != getattr(obj, field)]
-            twin = dataclasses.replace(obj, **{field: others[int(rng.integers(len(others)))]})
-            changed[field].append(dataclasses.replace(scene, objects=(twin,)))
-    return scenes, changed
+        for field in twin:
+            twin[field].append(changed(scene, field, rng))
+    return scenes, twin
 
 
 @torch.no_grad()
