@@ -310,6 +310,7 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     cfg.vit_steps = args.vit_steps or cfg.vit_steps
     cfg.batch_size = args.batch_size or cfg.batch_size
     cfg.lr = args.lr or cfg.lr
+    cfg.constant_lr = args.constant_lr
     cfg.generation_only = args.generation_only
     if cfg.generation_only and not args.init:
         raise CliError("--generation-only continues a pretrained run: give it --init DIR")
@@ -506,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vit-steps", type=positive_int, help="ViT dense-reading steps (default: PretrainConfig's)")
     p.add_argument("--batch-size", type=positive_int, help="backbone batch size (default: PretrainConfig's)")
     p.add_argument("--lr", type=positive_float, help="backbone peak learning rate (default: PretrainConfig's)")
+    p.add_argument("--constant-lr", action="store_true",
+                   help="keep the backbone's peak learning rate after the warm-up (default: cosine decay to 10%%)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.add_argument("--init", metavar="DIR", help="continue stage 2 from a saved run (skips the VAE stage)")
     p.add_argument("--mix", nargs="+", metavar="TASK=WEIGHT", help="override task weights of the batch mix")

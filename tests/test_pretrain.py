@@ -3,12 +3,14 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from omnipersona.losses import LossWeights, joint_loss
 from omnipersona.toyworld.pretrain import (
     GENERATION_LAYERS,
     PretrainConfig,
+    _lr,
     make_sample,
     new_toy_backbone,
     pack_world_batch,
@@ -103,6 +105,15 @@ def test_backbone_stage_runs_and_freezes_afterwards():
     assert all(not p.requires_grad and p.grad is None for p in bb.model.parameters())
 
 
+def test_constant_lr_holds_the_peak_rate_where_the_cosine_decays_it():
+    cfg = PretrainConfig(steps=1000, warmup=10, lr=3e-4)
+    cosine = [_lr(s, cfg, cfg.lr, cfg.steps) for s in (0, 9, 10, 505, 999)]
+    flat = [_lr(s, cfg, cfg.lr, cfg.steps, constant=True) for s in (0, 9, 10, 505, 999)]
+    assert flat[:2] == cosine[:2] == pytest.approx([3e-5, 3e-4])  # the same warm-up
+    assert flat[2:] == [3e-4] * 3
+    assert cosine[2:] == pytest.approx([3e-4, 3e-4 * 0.55, 3e-5], rel=1e-4)
+
+
 def test_backbone_stage_keeps_the_vit_as_stage_1b_left_it():
     bb = new_toy_backbone(seed=0)
     vit = {n: p.clone() for n, p in bb.model.named_parameters() if n.startswith(("vit_model.", "connector."))}
@@ -186,6 +197,7 @@ def test_pretrain_command_continues_a_run_with_the_batch_size_and_rate_it_is_giv
     run = json.loads((out / "pretrain.json").read_text())["runs"][-1]
     assert run["backbone_steps"] == 2 and run["init"] == str(TOY_BACKBONE_DIR)
     assert (run["config"]["batch_size"], run["config"]["lr"], run["config"]["seed"]) == (3, 2e-5, 5)
+    assert run["config"]["constant_lr"] is False
     for bad in (["--lr", "0"], ["--lr", "fast"], ["--batch-size", "0"], ["--mix", "vqa"]):
         assert main(["pretrain-toy", "--out", str(tmp_path / "bad"), *bad]) == 2
     assert "--lr: must be above 0" in capsys.readouterr().err
