@@ -1,12 +1,14 @@
 """Toy-backbone pretraining: every task packs, the VAE learns, the MoT (ViT included) learns."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from omnipersona.losses import LossWeights, joint_loss
+from omnipersona.toyworld.card import model_card
 from omnipersona.toyworld.pretrain import (
     GENERATION_LAYERS,
     PretrainConfig,
@@ -114,6 +116,26 @@ def test_constant_lr_holds_the_peak_rate_where_the_cosine_decays_it():
     assert cosine[2:] == pytest.approx([3e-4, 3e-4 * 0.55, 3e-5], rel=1e-4)
 
 
+def test_backbone_stage_runs_at_the_schedule_its_config_names(monkeypatch):
+    import omnipersona.toyworld.pretrain as pretrain
+
+    rates: list[float] = []
+    opt_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return opt_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    for constant in (False, True):
+        pretrain.pretrain_backbone(new_toy_backbone(seed=0), PretrainConfig(steps=4, batch_size=2, warmup=1, lr=1e-3,
+                                                                           constant_lr=constant))
+    cosine, flat = rates[:4], rates[4:]
+    assert flat == [1e-3] * 4
+    assert cosine[:2] == [1e-3, 1e-3]  # warm-up 1 step, then the cosine starts at its peak
+    assert cosine[1] > cosine[2] > cosine[3] == pytest.approx(1e-4 + 9e-4 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+
+
 def test_backbone_stage_keeps_the_vit_as_stage_1b_left_it():
     bb = new_toy_backbone(seed=0)
     vit = {n: p.clone() for n, p in bb.model.named_parameters() if n.startswith(("vit_model.", "connector."))}
@@ -198,6 +220,15 @@ def test_pretrain_command_continues_a_run_with_the_batch_size_and_rate_it_is_giv
     assert run["backbone_steps"] == 2 and run["init"] == str(TOY_BACKBONE_DIR)
     assert (run["config"]["batch_size"], run["config"]["lr"], run["config"]["seed"]) == (3, 2e-5, 5)
     assert run["config"]["constant_lr"] is False
+    flat = tmp_path / "flat"
+    assert main(["pretrain-toy", "--out", str(flat), "--init", str(out), "--seed", "6", "--steps", "2",
+                 "--batch-size", "3", "--constant-lr", "--mix", "t2i_single=1"]) == 0
+    runs = json.loads((flat / "pretrain.json").read_text())["runs"]
+    assert [r["config"]["constant_lr"] for r in runs[-2:]] == [False, True]
+    # the model card tells each run's schedule
+    (flat / "base_scores.json").write_text((TOY_BACKBONE_DIR / "base_scores.json").read_text())
+    stage2 = [line for line in model_card(flat).splitlines() if line.startswith("- stage 2")]
+    assert "cosine to 10%" in stage2[-2] and "then flat" in stage2[-1]
     for bad in (["--lr", "0"], ["--lr", "fast"], ["--batch-size", "0"], ["--mix", "vqa"]):
         assert main(["pretrain-toy", "--out", str(tmp_path / "bad"), *bad]) == 2
     assert "--lr: must be above 0" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Experiment (docs/benchmark.md): which part of the recipe's mix undoes what one-object
 text-to-image batches teach? `experiment_marking_words.py alternate` learned the marking word at a
-fifth of `lone`'s pace with as many one-object batches. Two readings: the mix's batches *undo* the
+tenth of `lone`'s pace with as many one-object batches. Two readings: the mix's batches *undo* the
 word (a task whose gradient pulls the other way), or they *block* it (the optimizer's state, shared
 with them, shrinks the one-object steps). This tells them apart and names the task.
 
@@ -8,7 +8,7 @@ It continues the committed backbone (docs/benchmark/continuation.py) with LONE o
 (the word response rises), saves weights and optimizer state, and then, from that same state, runs
 STEPS batches of one task family alone, reading the word response every EVERY steps: a family that
 undoes the word brings it down; `lone` (more of the same) and `mix` (the recipe's mix) are the
-controls. Every family phase draws the same seeds and runs at the same learning rate.
+controls. Every family phase draws the same seeds and runs at the same point of the cosine.
 
 MODE 'where' asks instead where the one-object batches teach the word: LONE of them, once with
 only the generation expert (and the latent in/out layers) trained, once with everything else

@@ -56,7 +56,8 @@ def model_card(folder: str | Path) -> str:
             how += ", generation expert only"
         lines += [
             f"- stage 2 (MoT), run {i + 1} ({how}): {run['backbone_steps']} of {c['steps']} steps, batch "
-            f"{c['batch_size']}, lr {c['lr']} (warm-up {c['warmup']}, cosine to 10%), seed {c['seed']}, "
+            f"{c['batch_size']}, lr {c['lr']} (warm-up {c['warmup']}, "
+            f"{'then flat' if c.get('constant_lr') else 'cosine to 10%'}), seed {c['seed']}, "
             f"{run['seconds'] / 60:.1f} min, {run['torch_threads']} torch threads",
             "  - tasks per batch, by relative weight: " + ", ".join(f"{k} {v}" for k, v in c["mix"].items() if v),
         ]

@@ -74,9 +74,9 @@ class PretrainConfig:
     steps: int = 17000
     batch_size: int = 16
     lr: float = 1e-3
-    # Stage 2 keeps its peak rate after the warm-up instead of decaying it on a cosine: a
-    # continuation in phases (one-object text-to-image, then the mix; docs/benchmark.md) learnt the
-    # marking word faster at a flat rate (0.184 against 0.142 after 3,000 batches).
+    # Stage 2 keeps its peak rate after the warm-up instead of decaying it on a cosine, for runs
+    # in phases (one-object text-to-image, then the mix; docs/benchmark.md): one-object batches
+    # taught the marking word faster at a flat rate (0.184 against 0.142 after 3,000 of them).
     constant_lr: bool = False
     warmup: int = 100
     weight_decay: float = 0.01
