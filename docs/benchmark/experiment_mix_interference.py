@@ -11,7 +11,7 @@ undoes the word brings it down; `lone` (more of the same) and `mix` (the recipe'
 controls. Every family phase draws the same seeds and runs at the same point of the cosine.
 
 MODE 'where' asks instead where the one-object batches teach the word: LONE of them, once with
-only the generation expert (and the latent in/out layers) trained, once with everything else
+only the generation side (its expert, the latent in/out layers, the time embedder) trained, once with everything else
 (the understanding expert, embeddings and the LM head, which carry the caption's words), from the
 same start, seeds and schedule.
 
@@ -81,6 +81,15 @@ def train(run: Continuation, family: dict[str, float], first: int, steps: int, e
                   f"{time.monotonic() - start:.0f}s", " ".join(f"{k} {v:.3f}" for k, v in parts.items()), flush=True)
 
 
+def restore(run: Continuation, saved: tuple[dict, dict]) -> None:
+    """Back to the saved weights and optimizer state, drawing from seed 100: each phase that starts
+    here sees the same samples and noise."""
+    run.model.load_state_dict(saved[0])
+    run.opt.load_state_dict(copy.deepcopy(saved[1]))
+    run.rng = np.random.default_rng(100)
+    run.generator.manual_seed(100)
+
+
 def where(lone: int = 1000, every: int = 250) -> None:
     for trained in ("generation", "understanding"):
         run = Continuation(3 * lone)
@@ -147,14 +156,10 @@ def lone_then_mix(lone: int = 6000, steps: int = 1500, every: int = 500) -> None
         train(run, FAMILIES["lone"], half * lone // 2, lone // 2, 1000, "lone")
         print(f"judge lone {(half + 1) * lone // 2}", markings_by_count(run), flush=True)
     print("judge", understanding(run), flush=True)
-    weights = copy.deepcopy(run.model.state_dict())
-    opt_state = copy.deepcopy(run.opt.state_dict())
+    saved = copy.deepcopy((run.model.state_dict(), run.opt.state_dict()))
     run.cfg.lr = 1e-4
     for label, family in (("mix", MIX), ("mix+lone", MIX | {"t2i_single": 6.0})):
-        run.model.load_state_dict(weights)
-        run.opt.load_state_dict(copy.deepcopy(opt_state))
-        run.rng = np.random.default_rng(100)
-        run.generator.manual_seed(100)
+        restore(run, saved)
         for k in range(steps // every):
             train(run, family, lone + k * every, every, every, label)
             print(f"judge {label} {(k + 1) * every}", markings_by_count(run), understanding(run), flush=True)
@@ -164,13 +169,9 @@ def families(lone: int = 1000, steps: int = 300, every: int = 100) -> None:
     run = Continuation(3 * lone)
     print(show("start", word_response(run.backbone)), flush=True)
     train(run, FAMILIES["lone"], 0, lone, lone // 2, "lone")
-    weights = copy.deepcopy(run.model.state_dict())
-    opt_state = copy.deepcopy(run.opt.state_dict())
+    saved = copy.deepcopy((run.model.state_dict(), run.opt.state_dict()))
     for label, family in FAMILIES.items():
-        run.model.load_state_dict(weights)
-        run.opt.load_state_dict(copy.deepcopy(opt_state))
-        run.rng = np.random.default_rng(100)
-        run.generator.manual_seed(100)
+        restore(run, saved)
         train(run, family, lone, steps, every, label)
 
 
