@@ -25,7 +25,7 @@ from .recaption import (
     strip_prefix,
 )
 from .sampler import Block, ImageRequest, Runner, SamplerConfig, greedy_answers, sample_latents
-from .tokens import ConceptTokens
+from .tokens import CONCEPT_REFERENCE_RE, ConceptTokens
 
 
 @dataclass
@@ -73,13 +73,18 @@ class OmniPipeline:
     def concepts(self) -> list[str]:
         return list(self.bank.concepts)
 
-    def _system_blocks(self, *texts: str) -> list[Block]:
-        """System prompts of the loaded concepts that `texts` mention; unknown `<name>` refused."""
-        names: list[str] = []
+    def _require_loaded(self, *texts: str) -> None:
+        """Refuse a `<name>` in `texts` that names no loaded concept."""
         for text in texts:
-            for name in re.findall(r"<([a-z][a-z0-9_]*)>", text):
+            for name in CONCEPT_REFERENCE_RE.findall(text):
                 if name not in self.bank:
                     raise ValueError(f"unknown concept <{name}>; loaded: {', '.join(self.concepts) or 'none'}")
+
+    def _system_blocks(self, *texts: str) -> list[Block]:
+        """System prompts of the loaded concepts that `texts` mention; unknown `<name>` refused."""
+        self._require_loaded(*texts)
+        names: list[str] = []
+        for text in texts:
             names += self.bank.mentioned(text)
         names = list(dict.fromkeys(names))
         blocks: list[Block] = [("text", self.bank.encode(self.bank.concepts[n].system_prompt())) for n in names]
@@ -127,11 +132,13 @@ class OmniPipeline:
         ident = f"<{names[0]}>"
         # Stage 1 and 3 run with a placeholder so that few-shot text never needs concept rows.
         generic = request.replace(ident, "<x>")
+        # What the model writes keeps only the loaded concepts' names: a stray `<x>` in an answer or a
+        # concept it was never given must not fail the request (or reach the prompt).
         query = strip_prefix(self._complete(intent_context(generic, self.few_shot)), QUESTION_PREFIX)
-        query = query.replace("<x>", ident) if "<x>" in query else query
-        answer = strip_prefix(self.ask(query), ANSWER_PREFIX)
+        query = self.bank.without_unknown(query.replace("<x>", ident))
+        answer = self.bank.without_unknown(strip_prefix(self.ask(query), ANSWER_PREFIX))
         prompt = strip_prefix(self._complete(rewrite_context(generic, answer, self.few_shot)), PROMPT_PREFIX)
-        prompt = prompt.replace("<x>", ident)
+        prompt = self.bank.without_unknown(prompt.replace("<x>", ident))
         if ident not in prompt:  # the rewritten prompt must still name the concept
             prompt = f"{request} {answer}"
         return RecaptionTrace(request=request, query=query, answer=answer, prompt=prompt)
@@ -150,6 +157,7 @@ class OmniPipeline:
         recaption = self.recaption if recaption is None else recaption
         traces, image_requests = [], []
         for r in requests:
+            self._require_loaded(r.prompt)  # the user's own names, before recaptioning rewrites them
             trace = self.recaption_request(r.prompt) if recaption else None
             prompt = trace.prompt if trace else r.prompt
             cond = self._system_blocks(prompt) + [self._text(prompt)]

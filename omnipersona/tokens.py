@@ -20,6 +20,8 @@ METHODS = ("decoupled", "shared")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # Any token string this module can mint; refused in user text by the service.
 RESERVED_RE = re.compile(r"<(und|gen)_\d+(:[^>]*)?>")
+# How text names a concept: its identifier `<name>`.
+CONCEPT_REFERENCE_RE = re.compile(r"<([a-z][a-z0-9_]*)>")
 
 
 class ConceptTokens(nn.Module):
@@ -135,5 +137,11 @@ class ConceptBank:
 
     def mentioned(self, text: str) -> list[str]:
         """Names of loaded concepts whose identifier appears in `text`, in order of appearance."""
-        found = re.findall(r"<([a-z][a-z0-9_]*)>", text)
+        found = CONCEPT_REFERENCE_RE.findall(text)
         return list(dict.fromkeys(n for n in found if n in self.concepts))
+
+    def without_unknown(self, text: str) -> str:
+        """`text` with every `<name>` that is no loaded concept taken out. For model-written text
+        (recaptioning), which can name the stages' placeholder `<x>` or a concept it was never given."""
+        kept = CONCEPT_REFERENCE_RE.sub(lambda m: m.group(0) if m.group(1) in self.concepts else "", text)
+        return " ".join(kept.split())

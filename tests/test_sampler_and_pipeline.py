@@ -130,9 +130,38 @@ def test_recaptioning_trace_and_switch(pipe):
     assert res2.trace is None and res2.prompt == "draw <sks> at its home"
 
 
-def test_unknown_concept_in_prompt_is_refused(pipe):
+def test_unknown_concept_in_prompt_is_refused(pipe, monkeypatch):
     with pytest.raises(ValueError, match="unknown concept <zed>"):
         pipe.ask("is <zed> here?")
+    # a name the user got wrong is refused even where recaptioning would have rewritten it away
+    written = iter(["question : what is the home of <x> ?", "prompt : draw <x> at the beach"])
+    monkeypatch.setattr(pipe, "_complete", lambda blocks, max_new_tokens=24: next(written))
+    monkeypatch.setattr(pipe, "ask", lambda q, image=None, max_new_tokens=32: "answer : the beach")
+    with pytest.raises(ValueError, match="unknown concept <zed>"):
+        pipe.generate("draw <sks> with <zed>", sampler=SamplerConfig(num_steps=2))
+
+
+@pytest.mark.parametrize(("rewrite", "prompt"), [
+    ("prompt : draw <x> at the friend of <zed>", "draw <sks> at the friend of"),
+    ("prompt : a dog of <zed>", "draw <sks> at its home the friend of"),  # names no concept: request + answer
+])
+def test_recaptioning_drops_names_the_model_was_never_given(pipe, monkeypatch, rewrite, prompt):
+    # An undertrained concept can make the model write the stages' placeholder or a concept that is
+    # not loaded (seen in the benchmark: "... the friend of <x>"); the request must still render.
+    written = iter(["question : what is the home of <x> ?", rewrite])
+    monkeypatch.setattr(pipe, "_complete", lambda blocks, max_new_tokens=24: next(written))
+    asked = []
+
+    def ask(question, image=None, max_new_tokens=32):
+        asked.append(question)
+        return "answer : the friend of <x>"
+
+    monkeypatch.setattr(pipe, "ask", ask)
+    res = pipe.generate("draw <sks> at its home", seed=0, sampler=SamplerConfig(num_steps=2))
+    assert asked == ["what is the home of <sks> ?"]
+    assert res.trace.answer == "the friend of"
+    assert res.trace.prompt == res.prompt == prompt
+    assert res.image.size == (pipe.backbone.config.image_size,) * 2
 
 
 def test_system_prompt_and_tokens(tiny):
