@@ -147,7 +147,7 @@ def test_unknown_concept_in_prompt_is_refused(pipe, monkeypatch):
 ])
 def test_recaptioning_drops_names_the_model_was_never_given(pipe, monkeypatch, rewrite, prompt):
     # An undertrained concept can make the model write the stages' placeholder or a concept that is
-    # not loaded (seen in the benchmark: "... the friend of <x>"); the request must still render.
+    # not loaded (seen in test_bench_run on run 7's weights: "... the friend of <x>"); the request must still render.
     written = iter(["question : what is the home of <x> ?", rewrite])
     monkeypatch.setattr(pipe, "_complete", lambda blocks, max_new_tokens=24: next(written))
     asked = []
